@@ -1,0 +1,196 @@
+"""The CutDiffusion plan: patch grid, stage-2 windows, stage split, costs.
+
+Pure Python/torch; importable without ComfyUI. All sizes here are in latent
+pixels unless a name says `_px`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+LATENT_SCALE = 8  # pixels per latent pixel for every model family the pack targets
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """Stage 1: the target latent cut into `rows x cols` native-size patches.
+
+    The paper's patch (i, j) is the strided sub-image of the full latent at
+    rows `i::rows`, cols `j::cols` (spec 3.3/3.7), so the working latent must be
+    exactly `rows * patch_h` by `cols * patch_w`: it is padded by `pad_h` rows
+    and `pad_w` columns (at most rows-1 / cols-1) and cropped back at the end.
+    """
+    rows: int
+    cols: int
+    patch_h: int
+    patch_w: int
+    pad_h: int
+    pad_w: int
+
+    @property
+    def n(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def padded_h(self) -> int:
+        return self.rows * self.patch_h
+
+    @property
+    def padded_w(self) -> int:
+        return self.cols * self.patch_w
+
+
+def patch_grid(height: int, width: int, native_h: int, native_w: int) -> PatchGrid:
+    """Spec 3.1: `p = ceil(L / native)` patches of `ceil(L / p)` per dimension."""
+    if min(height, width, native_h, native_w) < 1:
+        raise ValueError(f"sizes must be positive, got target {height}x{width}, native {native_h}x{native_w}")
+    rows, cols = math.ceil(height / native_h), math.ceil(width / native_w)
+    patch_h, patch_w = math.ceil(height / rows), math.ceil(width / cols)
+    return PatchGrid(rows, cols, patch_h, patch_w, rows * patch_h - height, cols * patch_w - width)
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """MultiDiffusion window origins along one dimension (spec 3.4).
+
+    `ceil((length - window) / stride) + 1` windows at `k * stride`, the last one
+    snapped to end at the border. A dimension shorter than the window gets one
+    window of the whole length (see `window_size`).
+    """
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if length <= window:
+        return [0]
+    count = math.ceil((length - window) / stride) + 1
+    return [min(k * stride, length - window) for k in range(count)]
+
+
+def window_size(length: int, window: int) -> int:
+    return min(length, window)
+
+
+@dataclass(frozen=True)
+class Window:
+    y: int
+    x: int
+    h: int
+    w: int
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """Stage 2: the overlapping native-size windows over the working latent."""
+    height: int
+    width: int
+    win_h: int
+    win_w: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+    jitter_h: int
+    jitter_w: int
+
+    @property
+    def count(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    def windows(self, offsets: torch.Tensor | None = None) -> list[Window]:
+        """Windows in row-major order, each moved by `offsets[k] = (dy, dx)`.
+
+        Border windows stay on their border and every offset is clamped so the
+        window stays inside the latent: the reference zero-pads instead, but
+        here no window reads outside the image and every pixel stays covered
+        (interior windows move by at most a quarter of the overlap).
+        """
+        out = []
+        for k, (y, x) in enumerate((y, x) for y in self.ys for x in self.xs):
+            if offsets is not None:
+                dy, dx = int(offsets[k, 0]), int(offsets[k, 1])
+                y = _jittered(y, dy, self.height - self.win_h)
+                x = _jittered(x, dx, self.width - self.win_w)
+            out.append(Window(y, x, self.win_h, self.win_w))
+        return out
+
+    def draw_offsets(self, generator: torch.Generator) -> torch.Tensor:
+        """One step's random window offsets, `[count, 2]` ints in [-jitter, jitter]."""
+        dy = torch.randint(-self.jitter_h, self.jitter_h + 1, (self.count,), generator=generator)
+        dx = torch.randint(-self.jitter_w, self.jitter_w + 1, (self.count,), generator=generator)
+        return torch.stack([dy, dx], dim=1)
+
+
+def _jittered(start: int, offset: int, last: int) -> int:
+    if start == 0 or start == last:
+        return start
+    return max(0, min(last, start + offset))
+
+
+def window_layout(height: int, width: int, window_h: int, window_w: int, stride_h: int, stride_w: int,
+                  jitter: bool) -> WindowLayout:
+    win_h, win_w = window_size(height, window_h), window_size(width, window_w)
+    # Reference: jitter of up to (window - stride) / 4, so neighbours always keep half their overlap.
+    jitter_h = max(0, (win_h - stride_h) // 4) if jitter else 0
+    jitter_w = max(0, (win_w - stride_w) // 4) if jitter else 0
+    return WindowLayout(height, width, win_h, win_w,
+                        tuple(window_starts(height, window_h, stride_h)),
+                        tuple(window_starts(width, window_w, stride_w)),
+                        jitter_h, jitter_w)
+
+
+def stage1_steps(sigmas: Sequence[float], split_sigma: float, stage_split: float) -> int:
+    """Number of stage-1 steps (T1, the paper's T') for a run's sigma schedule.
+
+    Spec 3.5: the split is a noise level; stage 1 runs the steps whose starting
+    sigma is above `split_sigma` (= percent_to_sigma(stage_split)). Whenever
+    0 < stage_split < 1 and there are >= 2 steps, each stage gets >= 1 step.
+    """
+    steps = len(sigmas) - 1
+    if steps <= 0 or stage_split <= 0.0:
+        return 0
+    if stage_split >= 1.0:
+        return steps
+    t1 = 0
+    while t1 < steps and float(sigmas[t1]) > split_sigma:
+        t1 += 1
+    if steps >= 2:
+        t1 = min(max(t1, 1), steps - 1)
+    return t1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one sampling run needs to know about its geometry and stages."""
+    height: int           # requested latent size
+    width: int
+    grid: PatchGrid
+    layout: WindowLayout  # over the padded working latent
+    steps: int
+    stage1_steps: int
+
+    @property
+    def stage2_steps(self) -> int:
+        return self.steps - self.stage1_steps
+
+    def model_evaluations(self, batch: int = 1, cfg_batches: int = 2) -> int:
+        """Spec 3.6: `T1 * n + (T - T1) * windows` images, per CFG half and batch item.
+
+        Counts first-order samplers; a sampler with k model calls per step makes k times as many.
+        """
+        per_image = self.stage1_steps * self.grid.n + self.stage2_steps * self.layout.count
+        return per_image * batch * cfg_batches
+
+    def summary(self) -> str:
+        g, lay = self.grid, self.layout
+        pad = f", padded by {g.pad_h}x{g.pad_w}" if g.pad_h or g.pad_w else ""
+        return (f"{self.width * LATENT_SCALE}x{self.height * LATENT_SCALE} px: stage 1 {self.stage1_steps} steps on "
+                f"{g.rows}x{g.cols} patches of {g.patch_w * LATENT_SCALE}x{g.patch_h * LATENT_SCALE} px{pad}; stage 2 "
+                f"{self.stage2_steps} steps on {len(lay.ys)}x{len(lay.xs)} windows of "
+                f"{lay.win_w * LATENT_SCALE}x{lay.win_h * LATENT_SCALE} px; "
+                f"{self.model_evaluations(cfg_batches=1)} model evaluations per image and CFG half")
+
+
+def make_plan(height: int, width: int, native_h: int, native_w: int, stride_h: int, stride_w: int,
+              sigmas: Sequence[float], split_sigma: float, stage_split: float, jitter: bool) -> Plan:
+    grid = patch_grid(height, width, native_h, native_w)
+    layout = window_layout(grid.padded_h, grid.padded_w, native_h, native_w, stride_h, stride_w, jitter)
+    return Plan(height, width, grid, layout, len(sigmas) - 1, stage1_steps(sigmas, split_sigma, stage_split))

@@ -1,0 +1,173 @@
+"""Shared test code: running the pack, and independent reference implementations.
+
+The references talk to the model only through ComfyUI's own BaseModel API
+(`encode_adm`, `apply_model`, `model_sampling`), never through the pack, so a
+match means the pack computes what the paper's code computes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+import comfy.sample
+import comfy.samplers
+
+from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion, sample
+
+
+def cut_config(**kw) -> CutDiffusionConfig:
+    return CutDiffusionConfig(**kw)
+
+
+def run_cut(model, latent, seed=1, steps=4, cfg=5.0, sampler="euler", scheduler="normal", conds=None, denoise=1.0,
+            **config):
+    """CutDiffusion KSampler's code path; returns (samples, report)."""
+    pos, neg = conds
+    report = RunReport()
+    patched = apply_cutdiffusion(model, CutDiffusionConfig(**config), report)
+    with torch.inference_mode():
+        out = sample(patched, seed, steps, cfg, sampler, scheduler, pos, neg, latent, denoise)
+    return out["samples"].clone(), report
+
+
+def schedule(model, steps, scheduler="normal", denoise=1.0, sampler="euler"):
+    """The sigmas KSampler would use (ComfyUI's own code)."""
+    ks = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler, scheduler=scheduler,
+                                 denoise=denoise)
+    return ks.sigmas
+
+
+class CountingModel:
+    """Counts images through the UNet (a forward hook on the torch module, not the pack's code)."""
+
+    def __init__(self, model):
+        self.batches: list[int] = []
+        self.shapes: list[tuple] = []
+        self.ys: list[torch.Tensor] = []
+        self._handle = model.model.diffusion_model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        x = args[0] if args else kwargs["x"]
+        self.batches.append(x.shape[0])
+        self.shapes.append(tuple(x.shape))
+        if kwargs.get("y") is not None:
+            self.ys.append(kwargs["y"].detach().clone())
+
+    @property
+    def images(self) -> int:
+        return sum(self.batches)
+
+    def close(self):
+        self._handle.remove()
+
+
+# --------------------------------------------------------------------------- references
+
+@torch.no_grad()
+def cfg_denoise(model, x, sigma, conds, cfg, full_px, crops_px):
+    """CFG denoised prediction for a batch of crops of one SDXL image, through BaseModel directly.
+
+    `full_px` = (height, width) of the whole image (original = target size, as in
+    the reference); `crops_px[k]` = crop offset of x[k].
+    """
+    base = model.model
+    h_px, w_px = full_px
+    preds = []
+    for cond in conds:
+        context, extra = cond[0][0], cond[0][1]
+        ys = [base.encode_adm(pooled_output=extra["pooled_output"], width=w_px, height=h_px, crop_h=ch, crop_w=cw,
+                              target_width=w_px, target_height=h_px) for ch, cw in crops_px]
+        y = torch.cat(ys)
+        t = torch.full((x.shape[0],), float(sigma))
+        preds.append(base.apply_model(x, t, c_crossattn=context.repeat(x.shape[0], 1, 1), y=y))
+    cond_pred, uncond_pred = preds
+    return uncond_pred + (cond_pred - uncond_pred) * cfg
+
+
+def reference_windows(length, window, stride):
+    if length <= window:
+        return [0]
+    count = math.ceil((length - window) / stride) + 1
+    return sorted({min(k * stride, length - window) for k in range(count)})
+
+
+def reference_permutations(seed):
+    """The pack's permutation stream: argsort of uniform noise from a generator seeded 2 * seed."""
+    gen = torch.Generator().manual_seed((2 * seed) % 2 ** 63)
+    return lambda shape: torch.argsort(torch.rand(shape, generator=gen), dim=0)
+
+
+@torch.no_grad()
+def reference_cutdiffusion(model, latent, seed, sigmas, t1, conds, cfg, native, stride, pixel_interaction=True):
+    """The paper's algorithm as its code does it, with Euler steps.
+
+    Stage 1 keeps an explicit stack of n native-size patch latents (batch 1), cut
+    from ComfyUI's full-size noise; before every model call the values at each
+    (c, y, x) are permuted across patches, the model runs on the permuted stack,
+    its output is un-permuted and the *unpermuted* latents are stepped. At the
+    split the patches are relocated into the full latent; stage 2 averages the
+    denoised windows (jitter off).
+    """
+    samples = latent["samples"]
+    assert samples.shape[0] == 1
+    _, c, height, width = samples.shape
+    p1, p2 = math.ceil(height / native), math.ceil(width / native)
+    h, w = height // p1, width // p2
+    assert (p1 * h, p2 * w) == (height, width), "reference handles exact grids only"
+    full_px = (height * 8, width * 8)
+    model_sampling = model.model.model_sampling
+    noise = comfy.sample.prepare_noise(samples, seed)
+    max_denoise = math.isclose(float(model_sampling.sigma_max), float(sigmas[0]), rel_tol=1e-5) or \
+        float(sigmas[0]) > float(model_sampling.sigma_max)
+    x = model_sampling.noise_scaling(sigmas[0], noise, torch.zeros_like(noise), max_denoise)
+    draw = reference_permutations(seed)
+    n = p1 * p2
+
+    # Stage 1 on the explicit patch stack: patch (i, j) = full[:, :, i::p1, j::p2].
+    z = torch.stack([x[0, :, i::p1, j::p2] for i in range(p1) for j in range(p2)])
+    cc, yy, xx = torch.meshgrid(torch.arange(c), torch.arange(h), torch.arange(w), indexing="ij")
+    for step in range(t1):
+        sigma, sigma_next = sigmas[step], sigmas[step + 1]
+        if pixel_interaction and n > 1:
+            perm = draw((n, 1, c, h, w))[:, 0]
+            model_in = z[perm, cc, yy, xx]
+        else:
+            model_in = z
+        out = cfg_denoise(model, model_in, sigma, conds, cfg, full_px, [(0, 0)] * n)
+        if pixel_interaction and n > 1:
+            denoised = torch.empty_like(out)
+            denoised[perm, cc, yy, xx] = out
+        else:
+            denoised = out
+        z = z + (z - denoised) / sigma * (sigma_next - sigma)
+
+    # Relocation: patch (i, j) supplies pixels (y * p1 + i, x * p2 + j).
+    x = torch.empty(1, c, height, width)
+    for i in range(p1):
+        for j in range(p2):
+            x[0, :, i::p1, j::p2] = z[i * p2 + j]
+
+    # Stage 2: MultiDiffusion windows.
+    wy, wx = min(native, height), min(native, width)
+    windows = [(y0, x0) for y0 in reference_windows(height, native, stride)
+               for x0 in reference_windows(width, native, stride)]
+    for step in range(t1, len(sigmas) - 1):
+        sigma, sigma_next = sigmas[step], sigmas[step + 1]
+        crops = torch.cat([x[:, :, y0:y0 + wy, x0:x0 + wx] for y0, x0 in windows])
+        out = cfg_denoise(model, crops, sigma, conds, cfg, full_px, [(y0 * 8, x0 * 8) for y0, x0 in windows])
+        total, count = torch.zeros_like(x), torch.zeros_like(x)
+        for k, (y0, x0) in enumerate(windows):
+            total[:, :, y0:y0 + wy, x0:x0 + wx] += out[k]
+            count[:, :, y0:y0 + wy, x0:x0 + wx] += 1
+        denoised = total / count
+        x = x + (x - denoised) / sigma * (sigma_next - sigma)
+
+    return model.model.process_latent_out(model_sampling.inverse_noise_scaling(sigmas[-1], x))
+
+
+def assert_matches_reference(got, expected):
+    """Same algorithm, different float summation order (cond/uncond batching, window order):
+    agreement to float32 precision of the latent's scale."""
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, atol=1e-5 * scale, rtol=1e-4)
