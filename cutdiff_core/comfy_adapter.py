@@ -97,6 +97,9 @@ _NATIVE_PX_BY_LATENT_FORMAT = {"SD15": 512, "SDXL": 1024, "SD3": 1024, "Flux": 1
 def native_size_px(model) -> int:
     """The model's training resolution in pixels, or a clear error asking for patch_size."""
     base = model.model
+    declared = getattr(getattr(base, "model_config", None), "native_size_px", None)
+    if declared:
+        return int(declared)  # a model config may say it outright (the pack's demo model does)
     config_name = type(getattr(base, "model_config", None)).__name__
     if config_name == "SD20" and base.model_type == comfy.model_base.ModelType.V_PREDICTION:
         return 768  # SD 2.x 768-v
@@ -168,6 +171,14 @@ class _RunState:
     def __post_init__(self):
         self.jitter_generator.manual_seed(_sub_seed(self.seed, 1))
 
+    def peek_step(self, timestep: torch.Tensor) -> int:
+        """The step the next model evaluation (at `timestep`) belongs to, without counting it."""
+        if self.callback_seen:
+            return self.steps_done - 1 if self.evals_since_callback < self.extra_after_callback else self.steps_done
+        sigma = float(timestep.reshape(-1)[0])
+        lookup = sum(1 for s in self.sigmas[1:-1] if s >= sigma * (1 - 1e-4))
+        return 0 if lookup <= 1 else lookup
+
     def begin_evaluation(self, timestep: torch.Tensor) -> int:
         """The sampling step this model evaluation belongs to.
 
@@ -177,12 +188,7 @@ class _RunState:
         `extra_after_callback` evaluations are still step i. A sigma lookup
         covers samplers that never report steps.
         """
-        if self.callback_seen:
-            step = self.steps_done - 1 if self.evals_since_callback < self.extra_after_callback else self.steps_done
-        else:
-            sigma = float(timestep.reshape(-1)[0])
-            lookup = sum(1 for s in self.sigmas[1:-1] if s >= sigma * (1 - 1e-4))
-            step = 0 if lookup <= 1 else lookup
+        step = self.peek_step(timestep)
         self.evals_since_callback += 1
         self.eval_step = step
         return step
@@ -228,6 +234,15 @@ def _sub_seed(seed: int | None, stream: int) -> int:
 
 def _run_state(model_options: dict) -> _RunState | None:
     return model_options.get("transformer_options", {}).get(RUN_KEY)
+
+
+def cutdiffusion_stage(model_options: dict, timestep: torch.Tensor) -> int | None:
+    """For other patches (AdaptiveDiffusion): the CutDiffusion stage (1 or 2) of the model
+    evaluation about to happen at `timestep`, or None outside a CutDiffusion run."""
+    run = _run_state(model_options)
+    if run is None:
+        return None
+    return 1 if run.in_stage1(run.peek_step(timestep)) else 2
 
 
 def _repeat_timestep(timestep: torch.Tensor, times: int) -> torch.Tensor:
