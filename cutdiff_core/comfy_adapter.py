@@ -77,11 +77,16 @@ def validate_config(config: CutDiffusionConfig) -> None:
             raise ValueError(f"CutDiffusion: {name} = {value} must be a multiple of {LATENT_SCALE} px (0 = automatic)")
     if 0 < config.patch_size < 64:
         raise ValueError(f"CutDiffusion: patch_size = {config.patch_size} must be 0 (automatic) or in [64, 16384] px")
-    if config.patch_size and config.window_stride > config.patch_size:
-        raise ValueError(f"CutDiffusion: window_stride = {config.window_stride} must be in [8, patch_size = "
-                         f"{config.patch_size}] px (or 0 = half the patch size)")
+    if config.patch_size:
+        _validate_stride(config.window_stride, config.patch_size)
     if config.window_weights not in WEIGHTS:
         raise ValueError(f"CutDiffusion: window_weights = {config.window_weights!r} must be one of {sorted(WEIGHTS)}")
+
+
+def _validate_stride(stride: int, patch_px: int) -> None:
+    if stride > patch_px:
+        raise ValueError(f"CutDiffusion: window_stride = {stride} must be in [8, {patch_px}] px (the patch size), "
+                         f"or 0 for half the patch size")
 
 
 # Native (training) resolutions in pixels, by ComfyUI model config class name.
@@ -422,9 +427,7 @@ def apply_cutdiffusion(model, config: CutDiffusionConfig, report: RunReport | No
     """Validate, then return a patched clone of `model` (the input is left untouched)."""
     validate_config(config)
     native_px = config.patch_size or native_size_px(model)
-    if config.window_stride > native_px:
-        raise ValueError(f"CutDiffusion: window_stride = {config.window_stride} must be in [8, {native_px}] px "
-                         f"(the patch size), or 0 for half the patch size")
+    _validate_stride(config.window_stride, native_px)
     return CutDiffusionPatch(config, native_px, report).apply(model)
 
 

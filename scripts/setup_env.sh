@@ -34,7 +34,7 @@ grep -v -E '^\s*(#|$)|^torch(vision|audio)?\s*$' "$COMFY_DIR/requirements.txt" >
 $PIP install --quiet --progress-bar off -r "$VENV/comfy-requirements.txt" requests
 
 echo "[setup] installing test tools"
-$PIP install --quiet --progress-bar off pytest hypothesis
+$PIP install --quiet --progress-bar off "pytest==9.2.0" "hypothesis==6.170.17"
 
 echo "$COMFY_DIR" > "$VENV/comfyui-path.txt"
 touch "$STAMP"

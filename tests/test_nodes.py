@@ -1,0 +1,125 @@
+"""The pack inside ComfyUI: registration, schemas, and graph execution through the real executor."""
+import pytest
+import torch
+
+import comfy.sample
+
+import comfy_runtime as rt
+from helpers import run_cut
+
+from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
+
+PATCH = 256
+
+
+def _prompt(sampler_node: dict, width=2 * PATCH, height=2 * PATCH, steps=4, patch_node: dict | None = None) -> dict:
+    prompt = {
+        "model": {"class_type": rt.TINY_MODEL_NODE, "inputs": {"kind": "sdxl", "seed": 0}},
+        "conds": {"class_type": rt.TINY_CONDS_NODE, "inputs": {"seed": 3, "batch": 1, "tokens": 8, "sdxl": True}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
+        "sampler": sampler_node,
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": "nodes/out"}},
+    }
+    if patch_node is not None:
+        prompt["patch"] = patch_node
+    return prompt
+
+
+def _patch_inputs(**overrides):
+    values = {"patch_size": PATCH, "window_stride": 0, "stage_split": 0.5, "window_batch_size": 0,
+              "window_jitter": True, "pixel_interaction": True}
+    values.update(overrides)
+    return values
+
+
+def _cut_ksampler(steps=4, **overrides):
+    return {"class_type": "CutDiffusionKSampler", "inputs": {
+        "model": ["model", 0], "seed": 5, "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+        "positive": ["conds", 0], "negative": ["conds", 1], "latent_image": ["latent", 0], "denoise": 1.0,
+        **_patch_inputs(**overrides)}}
+
+
+def test_pack_registers_its_nodes_with_tooltips():
+    status = rt.init_nodes()
+    assert status["loaded"], status["error"]
+    assert {"CutDiffusion", "CutDiffusionKSampler"} <= set(status["nodes"])
+    import nodes
+    for name in ("CutDiffusion", "CutDiffusionKSampler"):
+        schema = nodes.NODE_CLASS_MAPPINGS[name].GET_SCHEMA()
+        assert schema.description and schema.category.startswith("sampling/cutdiffusion")
+        for inp in schema.inputs:
+            assert inp.tooltip, f"{name}.{inp.id} has no tooltip"
+
+
+def test_cutdiffusion_ksampler_runs_in_the_executor_with_progress():
+    result = rt.run_prompt(_prompt(_cut_ksampler(steps=4)))
+    (latent,) = rt.saved_latents(result, "save")
+    # The same run outside the executor gives the same latent.
+    expected, report = run_cut(rt.tiny_sdxl(seed=0), rt.empty_latent(2 * PATCH, 2 * PATCH), seed=5, steps=4,
+                               conds=rt.tiny_conds(seed=3), patch_size=PATCH)
+    assert torch.equal(latent, expected)
+    progress = [data["value"] for event, data in result["events"] if event == "progress" and data["node"] == "sampler"]
+    assert progress == [1, 2, 3, 4]
+    summary = result["outputs"]["sampler"]["cutdiffusion"][0]
+    assert "stage 1 2 steps on 2x2 patches" in summary and "stage 2 2 steps on 3x3 windows" in summary
+
+
+@pytest.mark.parametrize("sampler_kind", ["KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced"])
+def test_patch_node_works_with_builtin_samplers(sampler_kind):
+    common = {"positive": ["conds", 0], "negative": ["conds", 1], "latent_image": ["latent", 0]}
+    extra = {}
+    if sampler_kind == "KSampler":
+        sampler = {"class_type": "KSampler", "inputs": {"model": ["patch", 0], "seed": 5, "steps": 4, "cfg": 5.0,
+                                                        "sampler_name": "euler", "scheduler": "normal",
+                                                        "denoise": 1.0, **common}}
+    elif sampler_kind == "KSamplerAdvanced":
+        sampler = {"class_type": "KSamplerAdvanced", "inputs": {
+            "model": ["patch", 0], "add_noise": "enable", "noise_seed": 5, "steps": 4, "cfg": 5.0,
+            "sampler_name": "euler", "scheduler": "normal", "start_at_step": 0, "end_at_step": 10000,
+            "return_with_leftover_noise": "disable", **common}}
+    else:
+        sampler = {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["select", 0], "sigmas": ["sched", 0],
+            "latent_image": ["latent", 0]}}
+        extra = {
+            "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}},
+            "guider": {"class_type": "CFGGuider", "inputs": {"model": ["patch", 0], "positive": ["conds", 0],
+                                                             "negative": ["conds", 1], "cfg": 5.0}},
+            "select": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+            "sched": {"class_type": "BasicScheduler", "inputs": {"model": ["patch", 0], "scheduler": "normal",
+                                                                 "steps": 4, "denoise": 1.0}},
+        }
+    patch = {"class_type": "CutDiffusion", "inputs": {"model": ["model", 0], **_patch_inputs()}}
+    prompt = _prompt(sampler, patch_node=patch)
+    prompt.update(extra)
+    (latent,) = rt.saved_latents(rt.run_prompt(prompt), "save")
+    # Same seed, sampler and schedule: the patch under any sampler node is CutDiffusion KSampler.
+    (reference,) = rt.saved_latents(rt.run_prompt(_prompt(_cut_ksampler(steps=4))), "save")
+    assert torch.equal(latent, reference)
+
+
+def test_cancel_interrupts_a_cutdiffusion_run():
+    def cancel_on_first_progress(event, data):
+        if event == "progress":
+            rt.interrupt()
+
+    with pytest.raises(rt.PromptInterrupted):
+        rt.run_prompt(_prompt(_cut_ksampler(steps=6)), on_event=cancel_on_first_progress)
+
+
+def test_bad_input_fails_before_sampling_with_the_field_named():
+    with pytest.raises(rt.PromptError, match=r"window_stride = 512 must be in \[8, 256\]"):
+        rt.run_prompt(_prompt(_cut_ksampler(window_stride=512)))
+
+
+def test_previews_get_the_whole_image_in_both_stages():
+    model = rt.tiny_sdxl(seed=0)
+    pos, neg = rt.tiny_conds(seed=3)
+    patched = comfy_adapter.apply_cutdiffusion(model, comfy_adapter.CutDiffusionConfig(patch_size=PATCH))
+    latent = torch.zeros(1, 4, 64, 48)
+    shapes = []
+    with torch.inference_mode():
+        comfy.sample.sample(patched, comfy.sample.prepare_noise(latent, 1), 4, 5.0, "euler", "normal", pos, neg, latent,
+                            callback=lambda step, x0, x, total: shapes.append((step, tuple(x0.shape), tuple(x.shape))),
+                            disable_pbar=True, seed=1)
+    assert shapes == [(i, (1, 4, 64, 48), (1, 4, 64, 48)) for i in range(4)]
