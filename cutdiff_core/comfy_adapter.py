@@ -19,8 +19,6 @@ This is the only module of cutdiff_core that imports ComfyUI.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,62 +30,22 @@ import comfy.patcher_extension
 import comfy.sampler_helpers
 import comfy.utils
 
-from .patches import draw_permutation, fold_patches, permute_patches, unfold_patches, unpermute_patches
-from .plan import LATENT_SCALE, Plan, Window, make_plan
+from .config import MAX_AUTO_WINDOW_BATCH, CutDiffusionConfig, validate_config, validate_stride
+from .control_hints import crop_control
+from .patches import fold_patches, permute_patches, unfold_patches, unpermute_patches
+from .plan import LATENT_SCALE, Window, make_plan
+from .run_state import EXTRA_EVALUATIONS_AFTER_CALLBACK, RunReport, RunState
 from .size_cond import with_window_crops
-from .windows import WEIGHTS, WindowBlender, crop_windows
+from .windows import WindowBlender, crop_windows, make_weights
+
+__all__ = ["CutDiffusionConfig", "CutDiffusionPatch", "RunReport", "apply_cutdiffusion", "cutdiffusion_stage",
+           "native_size_px", "sample", "MAX_AUTO_WINDOW_BATCH", "RUN_KEY", "WRAPPER_KEY", "Window"]
 
 log = logging.getLogger("cutdiffusion")
 
 WRAPPER_KEY = "cutdiffusion"
 RUN_KEY = "cutdiffusion_run"
-MAX_AUTO_WINDOW_BATCH = 16  # the reference's window batch
 _WRAPPERS = comfy.patcher_extension.WrappersMP
-
-
-@dataclass(frozen=True)
-class CutDiffusionConfig:
-    """The patch's settings, as on the CutDiffusion node (sizes in pixels)."""
-    patch_size: int = 0          # native size; 0 = from the model type
-    window_stride: int = 0       # 0 = half the patch size (the reference's 512 px on SDXL)
-    stage_split: float = 0.5     # ComfyUI percent: stage 1 ends at percent_to_sigma(stage_split)
-    window_batch_size: int = 0   # 0 = as many as fit in free memory, at most MAX_AUTO_WINDOW_BATCH
-    window_jitter: bool = True
-    pixel_interaction: bool = True
-    window_weights: str = "uniform"
-
-
-RANGES = {
-    "patch_size": (0, 16384),
-    "window_stride": (0, 16384),
-    "stage_split": (0.0, 1.0),
-    "window_batch_size": (0, 256),
-}
-
-
-def validate_config(config: CutDiffusionConfig) -> None:
-    """Raise ValueError naming the field and its allowed range, before any work starts."""
-    for name, (lo, hi) in RANGES.items():
-        value = getattr(config, name)
-        if not lo <= value <= hi:
-            raise ValueError(f"CutDiffusion: {name} = {value} is outside the allowed range [{lo}, {hi}]")
-    for name in ("patch_size", "window_stride"):
-        value = getattr(config, name)
-        if value % LATENT_SCALE:
-            raise ValueError(f"CutDiffusion: {name} = {value} must be a multiple of {LATENT_SCALE} px (0 = automatic)")
-    if 0 < config.patch_size < 64:
-        raise ValueError(f"CutDiffusion: patch_size = {config.patch_size} must be 0 (automatic) or in [64, 16384] px")
-    if config.patch_size:
-        _validate_stride(config.window_stride, config.patch_size)
-    if config.window_weights not in WEIGHTS:
-        raise ValueError(f"CutDiffusion: window_weights = {config.window_weights!r} must be one of {sorted(WEIGHTS)}")
-
-
-def _validate_stride(stride: int, patch_px: int) -> None:
-    if stride > patch_px:
-        raise ValueError(f"CutDiffusion: window_stride = {stride} must be in [8, {patch_px}] px (the patch size), "
-                         f"or 0 for half the patch size")
-
 
 # Native (training) resolutions in pixels, by ComfyUI model config class name.
 _NATIVE_PX_BY_CONFIG = {
@@ -126,118 +84,7 @@ def _sdxl_crop_slot(model, y_dim: int) -> int | None:
     return None
 
 
-@dataclass
-class RunReport:
-    """What one sampling run did; filled by the patch, read by the node that ran it."""
-    plan: Plan | None = None
-    batch: int = 0
-    stage1_evaluations: int = 0   # patch images through the denoiser (per CFG half)
-    stage2_evaluations: int = 0   # window images through the denoiser (per CFG half)
-
-    def __deepcopy__(self, memo):
-        return self  # shared with model clones on purpose: it belongs to the node call that made it
-
-    def summary(self) -> str:
-        if self.plan is None:
-            return "CutDiffusion: no sampling run"
-        return (f"CutDiffusion: {self.plan.summary()}; made {self.stage1_evaluations} patch + "
-                f"{self.stage2_evaluations} window evaluations for a batch of {self.batch}")
-
-
-# Evaluations that k-diffusion samplers make in a step *after* its step callback
-# (which fires right after the step's first evaluation). Only a first guess:
-# the run learns the real number from the gap between its first two callbacks.
-_EXTRA_EVALUATIONS_AFTER_CALLBACK = {
-    "sample_heun": 1, "sample_heunpp2": 1, "sample_dpm_2": 1, "sample_dpm_2_ancestral": 1,
-    "sample_dpm_2_ancestral_RF": 1, "sample_dpmpp_2s_ancestral": 1, "sample_dpmpp_2s_ancestral_RF": 1,
-    "sample_dpmpp_2s_ancestral_cfg_pp": 1, "sample_dpmpp_sde": 1, "sample_dpmpp_sde_gpu": 1,
-    "sample_seeds_2": 1, "sample_seeds_3": 2,
-}
-
-
-@dataclass
-class _RunState:
-    plan: Plan
-    config: CutDiffusionConfig
-    seed: int
-    report: RunReport
-    sigmas: list[float]
-    steps_done: int = 0                 # step callbacks seen
-    callback_seen: bool = False
-    evals_since_callback: int = 0
-    extra_after_callback: int = 0       # evaluations of step i that come after callback(i)
-    eval_step: int | None = None        # step of the evaluation in progress
-    inside_stage1: bool = False
-    perm_generator: torch.Generator | None = None
-    jitter_generator: torch.Generator = field(default_factory=torch.Generator)
-    offsets_step: int = -1
-    windows: list[Window] = field(default_factory=list)
-
-    def __post_init__(self):
-        self.jitter_generator.manual_seed(_sub_seed(self.seed, 1))
-
-    def peek_step(self, timestep: torch.Tensor) -> int:
-        """The step the next model evaluation (at `timestep`) belongs to, without counting it."""
-        if self.callback_seen:
-            return self.steps_done - 1 if self.evals_since_callback < self.extra_after_callback else self.steps_done
-        sigma = float(timestep.reshape(-1)[0])
-        lookup = sum(1 for s in self.sigmas[1:-1] if s >= sigma * (1 - 1e-4))
-        return 0 if lookup <= 1 else lookup
-
-    def begin_evaluation(self, timestep: torch.Tensor) -> int:
-        """The sampling step this model evaluation belongs to.
-
-        Heun/DPM2-style samplers evaluate the end of step i at the next step's
-        sigma, after step i's callback, so neither the sigma nor the callback
-        count alone tells the step: after callback(i) the next
-        `extra_after_callback` evaluations are still step i. A sigma lookup
-        covers samplers that never report steps.
-        """
-        step = self.peek_step(timestep)
-        self.evals_since_callback += 1
-        self.eval_step = step
-        return step
-
-    def in_stage1(self, step: int) -> bool:
-        return step < self.plan.stage1_steps
-
-    def on_step_callback(self, step: int) -> None:
-        if self.callback_seen:
-            self.extra_after_callback = max(0, self.evals_since_callback - 1)
-        self.steps_done = int(step) + 1
-        self.callback_seen = True
-        self.evals_since_callback = 0
-
-    def permutation(self, stack_shape: torch.Size, device: torch.device) -> torch.Tensor:
-        if self.perm_generator is None:
-            self.perm_generator = torch.Generator(device=device)
-            self.perm_generator.manual_seed(_sub_seed(self.seed, 0))
-        n = self.plan.grid.n
-        return draw_permutation(n, stack_shape[0] // n, stack_shape[1:], self.perm_generator, device)
-
-    def stage2_windows(self, step: int) -> list[Window]:
-        """This step's windows, with fresh jitter once per step (not per evaluation)."""
-        if step != self.offsets_step:
-            layout = self.plan.layout
-            jitter = layout.jitter_h or layout.jitter_w
-            self.windows = layout.windows(layout.draw_offsets(self.jitter_generator) if jitter else None)
-            self.offsets_step = step
-        return self.windows
-
-    def counting_callback(self, original: Callable | None) -> Callable:
-        def callback(step, *args, **kwargs):
-            self.on_step_callback(step)
-            if original is not None:
-                return original(step, *args, **kwargs)
-        return callback
-
-
-def _sub_seed(seed: int | None, stream: int) -> int:
-    """Private generator seeds derived from the run's seed (never the global RNG)."""
-    return (int(seed or 0) * 2 + stream) % (2 ** 63)
-
-
-def _run_state(model_options: dict) -> _RunState | None:
+def _run_state(model_options: dict) -> RunState | None:
     return model_options.get("transformer_options", {}).get(RUN_KEY)
 
 
@@ -248,6 +95,47 @@ def cutdiffusion_stage(model_options: dict, timestep: torch.Tensor) -> int | Non
     if run is None:
         return None
     return 1 if run.in_stage1(run.peek_step(timestep)) else 2
+
+
+def _move_innermost(wrappers_by_key: dict, key: str) -> None:
+    """Make `key`'s wrappers the innermost of this run's PREDICT_NOISE wrappers.
+
+    Step caches (LazyCache, AdaptiveDiffusion) wrap PREDICT_NOISE too; they must
+    see the full latent once per step, not the permuted patch stack, whichever
+    order the nodes were applied in. The dict is the run's own copy.
+    """
+    if key in wrappers_by_key:
+        wrappers_by_key[key] = wrappers_by_key.pop(key)
+
+
+def _check_conds(conds: dict) -> None:
+    for name, cond_list in conds.items():
+        for cond in cond_list or []:
+            for key in ("area", "mask"):
+                if key in cond:
+                    raise ValueError(f"CutDiffusion: {key} conditioning (e.g. Conditioning (Set Area/Mask)) in the "
+                                     f"{name} prompt is not supported: patches and windows would each get it in the "
+                                     "wrong place. Use plain prompts, or sample regions without CutDiffusion.")
+
+
+# Patches that cannot work beside CutDiffusion, and why (spec: a clear error, never silently disabled).
+_INCOMPATIBLE = {
+    "easycache": "EasyCache caches one model call per step, but CutDiffusion makes one call per patch batch / window "
+                 "batch, so it would reuse one window's output for another. Use LazyCache or AdaptiveDiffusion "
+                 "instead: they cache whole steps and work with CutDiffusion.",
+    "comfy_extras.nodes_sag": "Self-Attention Guidance keeps the attention map of one model call and applies it to "
+                              "the whole image, but in stage 2 each call sees one window. Use Perturbed-Attention "
+                              "Guidance (PAG) instead: it works with CutDiffusion.",
+}
+
+
+def _check_other_patches(model_options: dict) -> None:
+    wrappers = model_options.get("transformer_options", {}).get("wrappers", {})
+    if "easycache" in wrappers.get(_WRAPPERS.DIFFUSION_MODEL, {}):
+        raise ValueError(f"CutDiffusion: {_INCOMPATIBLE['easycache']}")
+    for fn in model_options.get("sampler_post_cfg_function", []):
+        if getattr(fn, "__module__", "") in _INCOMPATIBLE:
+            raise ValueError(f"CutDiffusion: {_INCOMPATIBLE[fn.__module__]}")
 
 
 def _repeat_timestep(timestep: torch.Tensor, times: int) -> torch.Tensor:
@@ -279,39 +167,61 @@ class CutDiffusionPatch:
     # -- OUTER_SAMPLE ---------------------------------------------------------
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
                      disable_pbar=False, seed=None, **kwargs):
-        if getattr(noise, "is_nested", False) or noise.ndim != 4:
-            raise ValueError("CutDiffusion works on image latents [B, C, H, W]; this model's latent is "
-                             f"{'nested' if getattr(noise, 'is_nested', False) else tuple(noise.shape)}")
         guider = executor.class_obj
-        model_sampling = guider.model_patcher.get_model_object("model_sampling")
-        cfg = self.config
+        run = self._start_run(guider, noise, sigmas, seed)
+        if run is None:
+            return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
         height, width = noise.shape[-2:]
-        sigma_list = [float(s) for s in sigmas]
-        plan = make_plan(height, width, self.native, self.native, self.stride, self.stride, sigma_list,
-                         float(model_sampling.percent_to_sigma(cfg.stage_split)), cfg.stage_split, cfg.window_jitter)
-        log.info("CutDiffusion: %s", plan.summary())
-        report = self.report if self.report is not None else RunReport()
-        report.plan, report.batch = plan, noise.shape[0]
-        report.stage1_evaluations = report.stage2_evaluations = 0
-        run = _RunState(plan, cfg, int(seed or 0), report, sigma_list)
-
-        grid = plan.grid
+        grid = run.plan.grid
         if grid.pad_h or grid.pad_w:
             noise, latent_image, denoise_mask = self._pad(run, noise, latent_image, denoise_mask)
-            if "latent_shapes" in kwargs and kwargs["latent_shapes"] is not None and len(kwargs["latent_shapes"]) == 1:
+            if kwargs.get("latent_shapes") is not None and len(kwargs["latent_shapes"]) == 1:
                 kwargs["latent_shapes"] = [noise.shape]
+        run.draw_stage2_schedule()
 
         # The guider's model_options are this run's own copy (CFGGuider.sample clones
         # them), so the state dies with the run and never reaches the user's MODEL.
         transformer_options = guider.model_options.setdefault("transformer_options", {})
         transformer_options[RUN_KEY] = run
+        _move_innermost(transformer_options.get("wrappers", {}).get(_WRAPPERS.PREDICT_NOISE, {}), WRAPPER_KEY)
         try:
             out = executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
         finally:
             transformer_options.pop(RUN_KEY, None)
         return out[..., :height, :width]
 
-    def _pad(self, run: _RunState, noise, latent_image, denoise_mask):
+    def _start_run(self, guider, noise, sigmas, seed) -> RunState | None:
+        """Plan this run, or None where it is plain sampling (said in the log and the report)."""
+        if getattr(noise, "is_nested", False) or noise.ndim != 4:
+            raise ValueError("CutDiffusion works on image latents [B, C, H, W]; this model's latent is "
+                             f"{'nested' if getattr(noise, 'is_nested', False) else tuple(noise.shape)}")
+        _check_conds(guider.conds)
+        _check_other_patches(guider.model_options)
+        cfg = self.config
+        model_sampling = guider.model_patcher.get_model_object("model_sampling")
+        sigma_list = [float(s) for s in sigmas]
+        plan = make_plan(noise.shape[-2], noise.shape[-1], self.native, self.native, self.stride, self.stride,
+                         sigma_list, float(model_sampling.percent_to_sigma(cfg.stage_split)), cfg.stage_split,
+                         cfg.window_jitter, cfg.stage2_mode, cfg.min_stage1_steps)
+        report = self.report if self.report is not None else RunReport()
+        report.plan, report.batch, report.notes = plan, noise.shape[0], []
+        report.stage1_evaluations = report.stage2_evaluations = 0
+        if plan.steps == 1 and 0.0 < cfg.stage_split < 1.0:
+            report.plan = None
+            report.notes.append("a 1-step run cannot be split into two stages: sampled plainly at the target size")
+            log.info("CutDiffusion: %s", report.notes[-1])
+            return None
+        if plan.stage1_steps == 0 and cfg.stage_split > 0.0:
+            report.notes.append(f"denoise starts below the stage split (stage_split {cfg.stage_split}): no stage 1, "
+                                "only window refinement; raise denoise or set min_stage1_steps for stage 1")
+            log.warning("CutDiffusion: %s", report.notes[-1])
+        log.info("CutDiffusion: %s", plan.summary())
+        run = RunState(plan, cfg, int(seed or 0), report, sigma_list)
+        layout = plan.layout
+        run.window_weights = make_weights(cfg.window_weights, layout.win_h - self.stride, layout.win_w - self.stride)
+        return run
+
+    def _pad(self, run: RunState, noise, latent_image, denoise_mask):
         """Pad to the patch grid: fresh noise in the new rows/cols, the image and mask extended."""
         grid = run.plan.grid
         padded = torch.randn((*noise.shape[:2], grid.padded_h, grid.padded_w), generator=run.jitter_generator,
@@ -332,7 +242,7 @@ class CutDiffusionPatch:
         run = _run_state(extra_args.get("model_options", {}))
         if run is not None:
             sampler_function = getattr(executor.class_obj, "sampler_function", None)
-            run.extra_after_callback = _EXTRA_EVALUATIONS_AFTER_CALLBACK.get(getattr(sampler_function, "__name__", ""), 0)
+            run.extra_after_callback = EXTRA_EVALUATIONS_AFTER_CALLBACK.get(getattr(sampler_function, "__name__", ""), 0)
             if "callback" in kwargs:
                 kwargs["callback"] = run.counting_callback(kwargs["callback"])
             else:
@@ -352,7 +262,7 @@ class CutDiffusionPatch:
         finally:
             run.eval_step = None
 
-    def _stage1(self, run: _RunState, executor, x, timestep, model_options, seed, **kwargs):
+    def _stage1(self, run: RunState, executor, x, timestep, model_options, seed, **kwargs):
         grid = run.plan.grid
         stack = unfold_patches(x, grid.rows, grid.cols)
         perm = None
@@ -380,19 +290,29 @@ class CutDiffusionPatch:
         if len(windows) == 1 and windows[0].h == x_in.shape[-2] and windows[0].w == x_in.shape[-1]:
             return executor(model, conds, x_in, timestep, model_options)
 
-        weights = WEIGHTS[self.config.window_weights]
-        blenders = [WindowBlender(x_in, weights) if c is not None else None for c in conds]
-        chunk = self._window_batch(model, x_in, windows[0], sum(c is not None for c in conds))
-        for start in range(0, len(windows), chunk):
+        blenders = [WindowBlender(x_in, run.window_weights, run.blend_buffers_for(i, x_in)) if c is not None else None
+                    for i, c in enumerate(conds)]
+        cond_halves = sum(c is not None for c in conds)
+        for part in self._chunks(model, x_in, windows, cond_halves):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            part = windows[start:start + chunk]
-            window_conds = [self._window_conds(model, c, part, batch) for c in conds]
+            controls: dict = {}  # one cropped copy per control, shared by cond and uncond so they still batch
+            window_conds = [self._window_conds(model, c, part, batch, x_in.shape[-2:], run, controls) for c in conds]
             outs = executor(model, window_conds, crop_windows(x_in, part),
                             _repeat_timestep(timestep, len(part)), model_options)
             for blender, out in zip(blenders, outs):
                 if blender is not None:
                     blender.add(out, part)
         return [b.result() if b is not None else torch.zeros_like(x_in) for b in blenders]
+
+    def _chunks(self, model, x_in, windows: list[Window], cond_halves: int):
+        """Windows of one size per model call (shifted tiles come in several sizes), a batch at a time."""
+        by_size: dict[tuple[int, int], list[Window]] = {}
+        for window in windows:
+            by_size.setdefault((window.h, window.w), []).append(window)
+        for same_size in by_size.values():
+            chunk = self._window_batch(model, x_in, same_size[0], cond_halves)
+            for start in range(0, len(same_size), chunk):
+                yield same_size[start:start + chunk]
 
     def _window_batch(self, model, x_in, window: Window, cond_halves: int) -> int:
         if self.config.window_batch_size > 0:
@@ -403,22 +323,28 @@ class CutDiffusionPatch:
         return int(max(1, min(MAX_AUTO_WINDOW_BATCH, free // (1.5 * per_window))))
 
     @staticmethod
-    def _window_conds(model, cond_list, windows: list[Window], batch: int):
-        """Copies of the conds whose SDXL `y` says each window's crop offset (spec 3.4)."""
+    def _window_conds(model, cond_list, windows: list[Window], batch: int, latent_hw, run: RunState, controls: dict):
+        """Copies of the conds for a chunk of windows: SDXL `y` with each window's crop
+        offset (spec 3.4) and ControlNet hints cropped to each window."""
         if cond_list is None:
             return None
         out = []
         for cond in cond_list:
+            control = cond.get("control")
+            if control is not None:
+                if id(control) not in controls:
+                    controls[id(control)] = crop_control(control, windows, batch, tuple(latent_hw), run.hint_cache)
+                cond = dict(cond, control=controls[id(control)])
             model_conds = cond.get("model_conds", {})
             y = model_conds.get("y")
             slot = _sdxl_crop_slot(model, y.cond.shape[-1]) if y is not None else None
-            if slot is None:
-                out.append(cond)
-                continue
-            crops = [(cond.get("crop_h", 0) + w.y * LATENT_SCALE, cond.get("crop_w", 0) + w.x * LATENT_SCALE)
-                     for w in windows]
-            y_windows = with_window_crops(comfy.utils.repeat_to_batch_size(y.cond, batch), slot, crops, model.embedder)
-            cond = dict(cond, model_conds=dict(model_conds, y=comfy.conds.CONDRegular(y_windows)))
+            if slot is not None:
+                crops = [(cond.get("crop_h", 0) + w.y * LATENT_SCALE, cond.get("crop_w", 0) + w.x * LATENT_SCALE)
+                         for w in windows]
+                y_batch = comfy.utils.repeat_to_batch_size(y.cond, batch)
+                embed = run.cached_embedder(model.embedder, y_batch.device, y_batch.dtype)
+                y_windows = with_window_crops(y_batch, slot, crops, embed)
+                cond = dict(cond, model_conds=dict(model_conds, y=comfy.conds.CONDRegular(y_windows)))
             out.append(cond)
         return out
 
@@ -427,7 +353,7 @@ def apply_cutdiffusion(model, config: CutDiffusionConfig, report: RunReport | No
     """Validate, then return a patched clone of `model` (the input is left untouched)."""
     validate_config(config)
     native_px = config.patch_size or native_size_px(model)
-    _validate_stride(config.window_stride, native_px)
+    validate_stride(config.window_stride, native_px)
     return CutDiffusionPatch(config, native_px, report).apply(model)
 
 

@@ -79,9 +79,18 @@ class Window:
     w: int
 
 
+STAGE2_MODES = ("overlap", "shifted")
+
+
 @dataclass(frozen=True)
 class WindowLayout:
-    """Stage 2: the overlapping native-size windows over the working latent."""
+    """Stage 2 over the working latent.
+
+    `overlap`: the paper's MultiDiffusion windows (native size, `stride` apart,
+    optionally jittered). `shifted`: native-size tiles that cover every pixel
+    exactly once, the whole tiling moved by a fresh random offset every step so
+    no tile border stays in one place (tiles at the image border are clipped).
+    """
     height: int
     width: int
     win_h: int
@@ -90,10 +99,24 @@ class WindowLayout:
     xs: tuple[int, ...]
     jitter_h: int
     jitter_w: int
+    mode: str = "overlap"
 
     @property
     def count(self) -> int:
+        """Windows per step (`shifted`: at most this many, fewer when an offset is 0)."""
+        if self.mode == "shifted":
+            return _max_segments(self.height, self.win_h) * _max_segments(self.width, self.win_w)
         return len(self.ys) * len(self.xs)
+
+    def step_windows(self, generator: torch.Generator) -> list[Window]:
+        """One step's windows, drawing this step's random offsets from `generator`."""
+        if self.mode == "shifted":
+            oy = int(torch.randint(0, self.win_h, (1,), generator=generator))
+            ox = int(torch.randint(0, self.win_w, (1,), generator=generator))
+            return shifted_tiles(self.height, self.width, self.win_h, self.win_w, oy, ox)
+        if self.jitter_h or self.jitter_w:
+            return self.windows(self.draw_offsets(generator))
+        return self.windows()
 
     def windows(self, offsets: torch.Tensor | None = None) -> list[Window]:
         """Windows in row-major order, each moved by `offsets[k] = (dy, dx)`.
@@ -119,6 +142,26 @@ class WindowLayout:
         return torch.stack([dy, dx], dim=1)
 
 
+def shifted_segments(length: int, tile: int, offset: int) -> list[tuple[int, int]]:
+    """`(start, size)` of non-overlapping segments of at most `tile`, cut at `offset + k * tile`."""
+    if length <= tile:
+        return [(0, length)]
+    cuts = sorted({0, length} | set(range(offset % tile, length, tile)))
+    return [(a, b - a) for a, b in zip(cuts, cuts[1:])]
+
+
+def shifted_tiles(height: int, width: int, tile_h: int, tile_w: int, offset_y: int, offset_x: int) -> list[Window]:
+    return [Window(y, x, h, w) for y, h in shifted_segments(height, tile_h, offset_y)
+            for x, w in shifted_segments(width, tile_w, offset_x)]
+
+
+def _max_segments(length: int, tile: int) -> int:
+    if length <= tile:
+        return 1
+    # offset 0 gives ceil(L / t) segments; offset 1 the most of any non-zero offset.
+    return max(math.ceil(length / tile), 1 + math.ceil((length - 1) / tile))
+
+
 def _jittered(start: int, offset: int, last: int) -> int:
     if start == 0 or start == last:
         return start
@@ -126,7 +169,9 @@ def _jittered(start: int, offset: int, last: int) -> int:
 
 
 def window_layout(height: int, width: int, window_h: int, window_w: int, stride_h: int, stride_w: int,
-                  jitter: bool) -> WindowLayout:
+                  jitter: bool, mode: str = "overlap") -> WindowLayout:
+    if mode not in STAGE2_MODES:
+        raise ValueError(f"stage2_mode must be one of {STAGE2_MODES}, got {mode!r}")
     win_h, win_w = window_size(height, window_h), window_size(width, window_w)
     # Reference: jitter of up to (window - stride) / 4, so neighbours always keep half their overlap.
     jitter_h = max(0, (win_h - stride_h) // 4) if jitter else 0
@@ -134,15 +179,17 @@ def window_layout(height: int, width: int, window_h: int, window_w: int, stride_
     return WindowLayout(height, width, win_h, win_w,
                         tuple(window_starts(height, window_h, stride_h)),
                         tuple(window_starts(width, window_w, stride_w)),
-                        jitter_h, jitter_w)
+                        jitter_h, jitter_w, mode)
 
 
-def stage1_steps(sigmas: Sequence[float], split_sigma: float, stage_split: float) -> int:
+def stage1_steps(sigmas: Sequence[float], split_sigma: float, stage_split: float, min_steps: int = 0) -> int:
     """Number of stage-1 steps (T1, the paper's T') for a run's sigma schedule.
 
     Spec 3.5: the split is a noise level; stage 1 runs the steps whose starting
     sigma is above `split_sigma` (= percent_to_sigma(stage_split)). Whenever
-    0 < stage_split < 1 and there are >= 2 steps, each stage gets >= 1 step.
+    0 < stage_split < 1 and there are >= 2 steps, each stage gets >= 1 step --
+    except that a run starting below the split (img2img with a low denoise)
+    starts in stage 2; `min_steps` then forces stage 1 to that many steps.
     """
     steps = len(sigmas) - 1
     if steps <= 0 or stage_split <= 0.0:
@@ -152,9 +199,10 @@ def stage1_steps(sigmas: Sequence[float], split_sigma: float, stage_split: float
     t1 = 0
     while t1 < steps and float(sigmas[t1]) > split_sigma:
         t1 += 1
+    # A run that starts above the split has t1 >= 1 already; keep one step for stage 2.
     if steps >= 2:
-        t1 = min(max(t1, 1), steps - 1)
-    return t1
+        t1 = min(t1, steps - 1)
+    return max(t1, min(min_steps, steps))
 
 
 @dataclass(frozen=True)
@@ -182,15 +230,20 @@ class Plan:
     def summary(self) -> str:
         g, lay = self.grid, self.layout
         pad = f", padded by {g.pad_h}x{g.pad_w}" if g.pad_h or g.pad_w else ""
+        size = f"{lay.win_w * LATENT_SCALE}x{lay.win_h * LATENT_SCALE} px"
+        windows = (f"shifted non-overlapping tiles of {size} (at most {lay.count})" if lay.mode == "shifted"
+                   else f"{len(lay.ys)}x{len(lay.xs)} windows of {size}")
+        bound = "at most " if lay.mode == "shifted" else ""
         return (f"{self.width * LATENT_SCALE}x{self.height * LATENT_SCALE} px: stage 1 {self.stage1_steps} steps on "
                 f"{g.rows}x{g.cols} patches of {g.patch_w * LATENT_SCALE}x{g.patch_h * LATENT_SCALE} px{pad}; stage 2 "
-                f"{self.stage2_steps} steps on {len(lay.ys)}x{len(lay.xs)} windows of "
-                f"{lay.win_w * LATENT_SCALE}x{lay.win_h * LATENT_SCALE} px; "
-                f"{self.model_evaluations(cfg_batches=1)} model evaluations per image and CFG half")
+                f"{self.stage2_steps} steps on {windows}; {bound}{self.model_evaluations(cfg_batches=1)} model "
+                f"evaluations per image and CFG half")
 
 
 def make_plan(height: int, width: int, native_h: int, native_w: int, stride_h: int, stride_w: int,
-              sigmas: Sequence[float], split_sigma: float, stage_split: float, jitter: bool) -> Plan:
+              sigmas: Sequence[float], split_sigma: float, stage_split: float, jitter: bool,
+              mode: str = "overlap", min_stage1_steps: int = 0) -> Plan:
     grid = patch_grid(height, width, native_h, native_w)
-    layout = window_layout(grid.padded_h, grid.padded_w, native_h, native_w, stride_h, stride_w, jitter)
-    return Plan(height, width, grid, layout, len(sigmas) - 1, stage1_steps(sigmas, split_sigma, stage_split))
+    layout = window_layout(grid.padded_h, grid.padded_w, native_h, native_w, stride_h, stride_w, jitter, mode)
+    return Plan(height, width, grid, layout, len(sigmas) - 1,
+                stage1_steps(sigmas, split_sigma, stage_split, min_stage1_steps))

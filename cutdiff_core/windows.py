@@ -17,7 +17,38 @@ def uniform_weights(h: int, w: int, device: torch.device, dtype: torch.dtype) ->
     return torch.ones((h, w), device=device, dtype=dtype)
 
 
-WEIGHTS: dict[str, WindowWeights] = {"uniform": uniform_weights}
+def feathered_weights(ramp_h: int, ramp_w: int) -> WindowWeights:
+    """Weights that fall off linearly over `ramp` px towards each window border.
+
+    With ramp = the overlap of two neighbouring windows, their weights sum to
+    one across the overlap: a linear cross-fade instead of a hard average, so
+    a window border never shows as a step. Always > 0, so a pixel that only
+    one window covers keeps that window's prediction.
+    """
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def weights(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (h, w, device, dtype)
+        if key not in cache:
+            cache[key] = torch.outer(_ramp(h, ramp_h), _ramp(w, ramp_w)).to(device=device, dtype=dtype)
+        return cache[key]
+    return weights
+
+
+def _ramp(n: int, ramp: int) -> torch.Tensor:
+    i = torch.arange(n, dtype=torch.float32)
+    return (torch.minimum(i + 1, n - i) / (ramp + 1)).clamp(max=1.0)
+
+
+WINDOW_WEIGHTS = ("uniform", "feathered")
+
+
+def make_weights(kind: str, ramp_h: int, ramp_w: int) -> WindowWeights:
+    if kind == "uniform":
+        return uniform_weights
+    if kind == "feathered":
+        return feathered_weights(ramp_h, ramp_w)
+    raise ValueError(f"window_weights must be one of {WINDOW_WEIGHTS}, got {kind!r}")
 
 
 def crop_windows(x: torch.Tensor, windows: Sequence[Window]) -> torch.Tensor:
@@ -32,12 +63,18 @@ def crop_windows(x: torch.Tensor, windows: Sequence[Window]) -> torch.Tensor:
 class WindowBlender:
     """Accumulates denoised windows and returns their per-pixel weighted average."""
 
-    def __init__(self, like: torch.Tensor, weights: WindowWeights = uniform_weights):
-        self.total = torch.zeros_like(like)
-        self.weight = torch.zeros(like.shape[-2:], device=like.device, dtype=like.dtype)
+    def __init__(self, like: torch.Tensor, weights: WindowWeights = uniform_weights,
+                 buffers: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """`buffers`: a (total, weight) pair from an earlier step to reuse instead of allocating."""
+        if buffers is None:
+            buffers = (torch.empty_like(like), torch.empty(like.shape[-2:], device=like.device, dtype=like.dtype))
+        self.total, self.weight = buffers
+        self.total.zero_()
+        self.weight.zero_()
         self.weights = weights
 
     def add(self, stack: torch.Tensor, windows: Sequence[Window]) -> None:
+        """Add a window-major stack of predictions (all windows of one size)."""
         per_window = rearrange(stack, "(k b) c h w -> k b c h w", k=len(windows))
         for win, pred in zip(windows, per_window):
             w = self.weights(win.h, win.w, pred.device, pred.dtype)

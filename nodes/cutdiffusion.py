@@ -6,6 +6,8 @@ from comfy_api.latest import io
 
 from ..cutdiff_core.comfy_adapter import (CutDiffusionConfig, RunReport, apply_cutdiffusion, sample,
                                           MAX_AUTO_WINDOW_BATCH)
+from ..cutdiff_core.plan import STAGE2_MODES
+from ..cutdiff_core.windows import WINDOW_WEIGHTS
 
 CATEGORY = "sampling/cutdiffusion"
 
@@ -33,13 +35,27 @@ def patch_inputs() -> list:
         io.Boolean.Input("pixel_interaction", default=True,
                          tooltip="Shuffle pixels between the stage-1 patches before every model call, so all patches "
                                  "agree on one layout. Off only for the paper's ablation (repeated subjects)."),
+        io.Combo.Input("stage2_mode", options=list(STAGE2_MODES), default="overlap",
+                       tooltip="overlap: the paper's overlapping MultiDiffusion windows. shifted: windows that tile "
+                               "the image without overlap, moved by a random offset every step so seams never stay "
+                               "in one place - about as many model calls per step as stage-1 patches (faster)."),
+        io.Combo.Input("window_weights", options=list(WINDOW_WEIGHTS), default="uniform",
+                       tooltip="How overlapping stage-2 windows are blended. uniform: plain average (MultiDiffusion). "
+                               "feathered: weights fade towards window borders, a smooth cross-fade (use it if you "
+                               "see seams)."),
+        io.Int.Input("min_stage1_steps", default=0, min=0, max=10000,
+                     tooltip="Force at least this many stage-1 steps. Image-to-image with a low denoise starts below "
+                             "the stage split and then runs stage 2 only (detail refinement, the input's layout "
+                             "kept); raise this to let stage 1 rework the global structure too."),
     ]
 
 
-def _config(patch_size, window_stride, stage_split, window_batch_size, window_jitter, pixel_interaction):
+def _config(patch_size, window_stride, stage_split, window_batch_size, window_jitter, pixel_interaction,
+            stage2_mode, window_weights, min_stage1_steps):
     return CutDiffusionConfig(patch_size=patch_size, window_stride=window_stride, stage_split=stage_split,
                               window_batch_size=window_batch_size, window_jitter=window_jitter,
-                              pixel_interaction=pixel_interaction)
+                              pixel_interaction=pixel_interaction, stage2_mode=stage2_mode,
+                              window_weights=window_weights, min_stage1_steps=min_stage1_steps)
 
 
 class CutDiffusion(io.ComfyNode):
@@ -59,9 +75,8 @@ class CutDiffusion(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, patch_size, window_stride, stage_split, window_batch_size, window_jitter,
-                pixel_interaction) -> io.NodeOutput:
-        config = _config(patch_size, window_stride, stage_split, window_batch_size, window_jitter, pixel_interaction)
+    def execute(cls, model, **settings) -> io.NodeOutput:
+        config = _config(**settings)
         return io.NodeOutput(apply_cutdiffusion(model, config))
 
 
@@ -90,16 +105,17 @@ class CutDiffusionKSampler(io.ComfyNode):
                 io.Latent.Input("latent_image", tooltip="The latent at the target size (any multiple of 8 px), "
                                                         "e.g. an Empty Latent Image of 2048x2048."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="As in KSampler: below 1 keeps part of the input latent."),
+                               tooltip="As in KSampler: below 1 keeps part of the input latent (upscaling / hires "
+                                       "fix). A denoise whose start noise is below stage_split skips stage 1 "
+                                       "(refinement only, the node says so); see min_stage1_steps."),
             ] + patch_inputs(),
             outputs=[io.Latent.Output(tooltip="The denoised latent at the target size.")],
         )
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-                patch_size, window_stride, stage_split, window_batch_size, window_jitter,
-                pixel_interaction) -> io.NodeOutput:
-        config = _config(patch_size, window_stride, stage_split, window_batch_size, window_jitter, pixel_interaction)
+                **settings) -> io.NodeOutput:
+        config = _config(**settings)
         report = RunReport()
         patched = apply_cutdiffusion(model, config, report)
         latent = sample(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)

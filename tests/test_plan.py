@@ -49,9 +49,11 @@ def test_stage1_steps_split_rules():
     assert stage1_steps(sigmas, 5.0, 0.5) == 3       # steps starting at 10, 8, 6
     assert stage1_steps(sigmas, 99.0, 0.0) == 0      # 0 = MultiDiffusion
     assert stage1_steps(sigmas, 0.0, 1.0) == 5       # 1 = stage 1 only
-    assert stage1_steps(sigmas, 99.0, 0.01) == 1     # each stage gets a step when 0 < split < 1
+    assert stage1_steps(sigmas, 9.9, 0.01) == 1      # each stage gets a step when 0 < split < 1
+    assert stage1_steps(sigmas, 99.0, 0.01) == 0     # ... unless the run starts below the split (img2img)
+    assert stage1_steps(sigmas, 99.0, 0.01, min_steps=2) == 2
     assert stage1_steps(sigmas, 0.0, 0.99) == 4
-    assert stage1_steps([10, 5, 0], 99.0, 0.3) == 1  # 2-step runs: 1 + 1
+    assert stage1_steps([10, 5, 0], 9.0, 0.3) == 1   # 2-step runs: 1 + 1
     assert stage1_steps([10, 5, 0], 0.1, 0.9) == 1
     assert stage1_steps([10, 0], 0.1, 0.9) == 1      # a single step cannot be split
 

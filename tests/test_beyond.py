@@ -1,0 +1,236 @@
+"""Beyond the paper: img2img, shifted stage 2, feathered blending, ControlNet alignment,
+other model patches, few-step models."""
+import pytest
+import torch
+
+import comfy.controlnet
+import comfy.cldm.cldm
+import comfy.model_management
+import comfy.ops
+import comfy.utils
+from comfy_extras import nodes_easycache, nodes_freelunch, nodes_model_downscale, nodes_pag, nodes_sag
+
+import comfy_runtime as rt
+from helpers import CountingModel, run_cut
+
+from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
+from comfyui_cutdiffusion.cutdiff_core.plan import make_plan, shifted_segments, shifted_tiles
+from comfyui_cutdiffusion.cutdiff_core.windows import WindowBlender, feathered_weights
+
+PATCH = 256
+NATIVE = PATCH // 8
+
+
+@pytest.fixture(scope="module")
+def model():
+    return rt.tiny_sdxl(seed=0)
+
+
+@pytest.fixture(scope="module")
+def conds():
+    return rt.tiny_conds(seed=3)
+
+
+# -- image to image -----------------------------------------------------------------------------
+
+def test_low_denoise_stays_close_to_the_input_and_says_it_skips_stage1(model, conds):
+    init = torch.randn(1, 4, 2 * NATIVE, 2 * NATIVE, generator=torch.Generator().manual_seed(1))
+    latent = {"samples": init}
+    low, report = run_cut(model, latent, steps=6, conds=conds, patch_size=PATCH, denoise=0.1)
+    high, _ = run_cut(model, latent, steps=6, conds=conds, patch_size=PATCH, denoise=0.9)
+    assert (low - init).abs().mean() < 0.5 * (high - init).abs().mean()
+    assert report.plan.stage1_steps == 0 and "no stage 1" in report.summary()
+    forced, report = run_cut(model, latent, steps=6, conds=conds, patch_size=PATCH, denoise=0.1, min_stage1_steps=2)
+    assert report.plan.stage1_steps == 2 and not torch.equal(forced, low)
+
+
+# -- shifted stage 2 ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("length, tile", [(64, 32), (70, 32), (33, 32), (20, 32), (96, 32)])
+def test_shifted_tiles_cover_every_pixel_exactly_once(length, tile):
+    for offset in range(tile):
+        segments = shifted_segments(length, tile, offset)
+        assert all(0 < size <= tile for _, size in segments)
+        cover = torch.zeros(length, dtype=torch.int32)
+        for start, size in segments:
+            cover[start:start + size] += 1
+        assert bool((cover == 1).all())
+    plan = make_plan(length, length + 9, tile, tile, tile // 2, tile // 2, [1.0, 0.0], 0.5, 0.0, True, "shifted")
+    for oy in range(0, tile, 5):
+        tiles = shifted_tiles(plan.layout.height, plan.layout.width, tile, tile, oy, tile - 1 - oy)
+        cover = torch.zeros(plan.layout.height, plan.layout.width, dtype=torch.int32)
+        for t in tiles:
+            cover[t.y:t.y + t.h, t.x:t.x + t.w] += 1
+        assert bool((cover == 1).all()) and len(tiles) <= plan.layout.count
+
+
+def test_shifted_stage2_evaluations_match_the_plan(model, conds):
+    counter = CountingModel(model)
+    try:
+        got, report = run_cut(model, rt.empty_latent(2 * PATCH, 2 * PATCH), steps=6, conds=conds, patch_size=PATCH,
+                              stage2_mode="shifted", window_batch_size=4)
+    finally:
+        counter.close()
+    plan = report.plan
+    assert len(report.stage2_windows_per_step) == plan.stage2_steps
+    assert counter.images == 2 * (plan.stage1_steps * plan.grid.n + sum(report.stage2_windows_per_step))
+    # Shifted tiles: about n per step instead of the 9 overlapping windows.
+    assert max(report.stage2_windows_per_step) <= 9 and torch.isfinite(got).all()
+
+
+# -- feathered blending ---------------------------------------------------------------------------
+
+def test_feathered_weights_are_positive_and_normalise():
+    weights = feathered_weights(16, 16)
+    w = weights(32, 32, torch.device("cpu"), torch.float32)
+    assert bool((w > 0).all()) and float(w.max()) <= 1.0 and float(w[0, 0]) < float(w[16, 16])
+    plan = make_plan(64, 64, 32, 32, 16, 16, [1.0, 0.0], 0.5, 0.0, False)
+    windows = plan.layout.windows()
+    blender = WindowBlender(torch.zeros(1, 4, 64, 64), weights)
+    constant = torch.full((len(windows), 4, 32, 32), 3.0)
+    blender.add(constant, windows)
+    torch.testing.assert_close(blender.result(), torch.full((1, 4, 64, 64), 3.0))
+    # Unjittered neighbours cross-fade: their weights sum to 1 over the overlap.
+    total = torch.zeros(64, 64)
+    for win in windows:
+        total[win.y:win.y + 32, win.x:win.x + 32] += w
+    torch.testing.assert_close(total[16:48, 16:48], torch.ones(32, 32))
+
+
+def test_feathered_run_differs_from_uniform(model, conds):
+    latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
+    uniform, _ = run_cut(model, latent, conds=conds, patch_size=PATCH)
+    feathered, _ = run_cut(model, latent, conds=conds, patch_size=PATCH, window_weights="feathered")
+    assert (uniform - feathered).abs().max() > 1e-3
+
+
+# -- ControlNet ------------------------------------------------------------------------------------
+
+def _tiny_controlnet(model):
+    config = dict(model.model.model_config.unet_config)
+    config.pop("out_channels")
+    config.update(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="cpu")
+    control_model = comfy.cldm.cldm.ControlNet(**config)
+    rt._init_weights(control_model, seed=5)
+    return comfy.controlnet.ControlNet(control_model, load_device=comfy.model_management.get_torch_device())
+
+
+def test_controlnet_hint_is_cropped_per_window(model, conds):
+    hint = torch.rand(1, 3, 200, 260, generator=torch.Generator().manual_seed(0))
+    control = _tiny_controlnet(model).set_cond_hint(hint, 1.0, (0.0, 1.0))
+    pos, neg = conds
+    with_control = ([[pos[0][0], dict(pos[0][1], control=control)]], [[neg[0][0], dict(neg[0][1], control=control)]])
+    seen = []
+    handle = control.control_model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((kwargs["x"].shape, kwargs["hint"].clone())), with_kwargs=True)
+    h, w = 2 * NATIVE, 3 * NATIVE // 2
+    try:
+        got, report = run_cut(model, rt.empty_latent(w * 8, h * 8), steps=2, conds=with_control, patch_size=PATCH,
+                              window_jitter=False, window_batch_size=1)
+    finally:
+        handle.remove()
+    plain, _ = run_cut(model, rt.empty_latent(w * 8, h * 8), steps=2, conds=conds, patch_size=PATCH,
+                       window_jitter=False, window_batch_size=1)
+    assert (got - plain).abs().max() > 1e-3  # the ControlNet is really applied
+    # Stage 1: the whole hint resized to the patch size, for every patch.
+    grid = report.plan.grid
+    stage1_shape, stage1_hint = seen[0]
+    assert stage1_shape[0] == 2 * grid.n
+    patch_hint = comfy.utils.common_upscale(hint, grid.patch_w * 8, grid.patch_h * 8, "nearest-exact", "center")
+    for item in stage1_hint:
+        assert torch.equal(item, patch_hint[0])
+    # Stage 2: each window sees the crop of the full-size hint at its position.
+    full_hint = comfy.utils.common_upscale(hint, w * 8, h * 8, "nearest-exact", "center")[0]
+    windows = report.plan.layout.windows()
+    assert len(seen) == 1 + len(windows)
+    for win, (shape, window_hint) in zip(windows, seen[1:]):
+        crop = full_hint[:, win.y * 8:(win.y + win.h) * 8, win.x * 8:(win.x + win.w) * 8]
+        assert shape[-2:] == (win.h, win.w)
+        for item in window_hint:   # cond and uncond halves
+            assert torch.equal(item, crop)
+
+
+# -- other model patches ---------------------------------------------------------------------------
+
+def _lora(model):
+    patched = model.clone()
+    key = "diffusion_model.input_blocks.0.0.weight"
+    weight = patched.model.state_dict()[key]
+    patched.add_patches({key: (0.5 * torch.randn_like(weight),)}, 1.0)
+    return patched
+
+
+OTHER_PATCHES = {
+    "lora": _lora,
+    "freeu": lambda m: nodes_freelunch.FreeU_V2().patch(m, 1.3, 1.4, 0.9, 0.2)[0],
+    "pag": lambda m: nodes_pag.PerturbedAttentionGuidance.execute(m, 3.0)[0],
+    "deep_shrink": lambda m: nodes_model_downscale.PatchModelAddDownscale.execute(
+        m, 1, 2.0, 0.0, 0.5, True, "bicubic", "bicubic")[0],
+    "lazycache": lambda m: nodes_easycache.LazyCacheNode.execute(m, 2.0, 0.0, 1.0, False)[0],
+}
+
+
+def _cut(m):
+    return comfy_adapter.apply_cutdiffusion(m, comfy_adapter.CutDiffusionConfig(patch_size=PATCH))
+
+
+def _sample(m, conds, latent):
+    import comfy.sample
+    samples = latent["samples"]
+    with torch.inference_mode():
+        return comfy.sample.sample(m, comfy.sample.prepare_noise(samples, 2), 6, 5.0, "euler", "normal", *conds,
+                                   samples, disable_pbar=True, seed=2).clone()
+
+
+@pytest.mark.parametrize("name", list(OTHER_PATCHES))
+@pytest.mark.parametrize("cut_first", [True, False])
+def test_other_patches_compose_in_either_order(model, conds, name, cut_first):
+    other = OTHER_PATCHES[name]
+    latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
+    both = other(_cut(model)) if cut_first else _cut(other(model))
+    counter = CountingModel(model)
+    try:
+        combined = _sample(both, conds, latent)
+    finally:
+        counter.close()
+    cut_only = _sample(_cut(model), conds, latent)
+    assert torch.isfinite(combined).all()
+    # Neither patch is silently disabled: the result differs from CutDiffusion alone, and
+    # CutDiffusion's patch stacks (4 patches x 2 CFG halves = 8 images) reached the model.
+    assert (combined - cut_only).abs().max() > 1e-4
+    assert 8 in counter.batches
+    if name == "lazycache":  # a whole-step cache: fewer model calls than 6 steps' worth
+        assert counter.images < 2 * (3 * 4 + 3 * 9)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda m: nodes_easycache.EasyCacheNode.execute(m, 0.2, 0.15, 0.95, False)[0], "EasyCache caches one model call"),
+    (lambda m: nodes_sag.SelfAttentionGuidance.execute(m, 0.5, 2.0)[0], "Self-Attention Guidance"),
+])
+def test_incompatible_patches_are_a_clear_error(model, conds, make, message):
+    for patched in (make(_cut(model)), _cut(make(model))):
+        with pytest.raises(ValueError, match=message):
+            _sample(patched, conds, rt.empty_latent(2 * PATCH, 2 * PATCH))
+
+
+def test_area_conditioning_is_a_clear_error(model, conds):
+    pos, neg = conds
+    area_pos = [[pos[0][0], dict(pos[0][1], area=(16, 16, 0, 0), strength=1.0)]]
+    with pytest.raises(ValueError, match="area conditioning"):
+        run_cut(model, rt.empty_latent(2 * PATCH, 2 * PATCH), conds=(area_pos, neg), patch_size=PATCH)
+
+
+# -- few-step models --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("steps", [2, 3, 4])
+def test_few_step_runs_give_each_stage_a_step(model, conds, steps):
+    got, report = run_cut(model, rt.empty_latent(2 * PATCH, 2 * PATCH), steps=steps, cfg=1.0, scheduler="sgm_uniform",
+                          conds=conds, patch_size=PATCH)
+    assert report.plan.stage1_steps >= 1 and report.plan.stage2_steps >= 1 and torch.isfinite(got).all()
+
+
+def test_one_step_run_is_plain_sampling(model, conds):
+    latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
+    got, report = run_cut(model, latent, steps=1, cfg=1.0, scheduler="sgm_uniform", conds=conds, patch_size=PATCH)
+    assert "1-step run" in report.summary()
+    assert torch.equal(got, rt.ksampler(model, 1, 1, 1.0, "euler", "sgm_uniform", *conds, latent))
