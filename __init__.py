@@ -2,6 +2,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .nodes import NODES
+from .nodes import plan_route  # noqa: F401  (registers GET /cutdiffusion/plan, the plan preview, on a server)
 
 WEB_DIRECTORY = "./web"
 

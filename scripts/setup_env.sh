@@ -9,8 +9,24 @@ PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 STAMP="$VENV/.cutdiff-ready-v1"
 
+# The browser test (tests/test_browser.py) drives Debian's own Chromium through its
+# chromedriver and Selenium: no browser download. apt runs only as root and only when
+# something is missing; where it cannot install, that test skips and says why.
+ensure_browser_tools() {
+  if { [ ! -x /usr/lib/chromium/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing chromium + chromium-driver (Debian)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver fonts-liberation >/dev/null; } || echo "[setup] chromium not installed: browser tests will skip"
+  fi
+  if ! "$VENV/bin/python" -c "import selenium" 2>/dev/null; then
+    echo "[setup] installing selenium"
+    "$VENV/bin/python" -m pip install --quiet --progress-bar off "selenium==4.51.0"
+  fi
+}
+
 if [ -f "$STAMP" ]; then
   echo "[setup] reusing $VENV"
+  ensure_browser_tools
   exit 0
 fi
 
@@ -37,5 +53,6 @@ echo "[setup] installing test tools"
 $PIP install --quiet --progress-bar off "pytest==9.2.0" "hypothesis==6.170.17"
 
 echo "$COMFY_DIR" > "$VENV/comfyui-path.txt"
+ensure_browser_tools
 touch "$STAMP"
 echo "[setup] ready: ComfyUI at $COMFY_DIR"

@@ -1,0 +1,185 @@
+"""GET /cutdiffusion/plan: the plan preview the web extension draws on the CutDiffusion KSampler node.
+
+The browser asks the server instead of re-implementing the geometry in JS, so
+the preview comes from the very functions a run uses (cutdiff_core.plan.make_plan,
+comfy_adapter.validate_config, ComfyUI's own schedulers): it cannot drift.
+
+The one thing a preview cannot know is the model: its native size (patch_size 0
+= automatic) and its noise schedule decide the patch grid and the stage split.
+The preview takes the native size from the node class that loads the model
+when it knows it (`model_source`, e.g. the pack's demo model), else assumes
+SDXL (1024 px), and it assumes SD1.5/SDXL's discrete noise schedule; it says
+so in `assumptions`. Set patch_size on the node for other models.
+"""
+from __future__ import annotations
+
+import logging
+
+import comfy.model_sampling
+import comfy.samplers
+
+from ..cutdiff_core.config import RANGES, CutDiffusionConfig, validate_config, validate_stride
+from ..cutdiff_core.demo_model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
+from ..cutdiff_core.plan import LATENT_SCALE, STAGE2_MODES, make_plan, shifted_tiles
+
+log = logging.getLogger("cutdiffusion")
+
+ROUTE = "/cutdiffusion/plan"
+ASSUMED_NATIVE_PX = 1024  # what patch_size 0 means for SDXL, the pack's main target
+MAX_SIDE_PX = 16384       # EmptyLatentImage's own maximum
+MAX_STEPS = 10000         # the node's steps maximum
+MAX_DRAWN_WINDOWS = 400
+# Model-loading node classes whose model's native size is known without loading it.
+NATIVE_PX_BY_MODEL_SOURCE = {"CutDiffusionDemoModel": DEMO_NATIVE_PX}
+
+# One instance: the default discrete schedule (linear betas 0.00085..0.012,
+# 1000 timesteps) is exactly SD1.5's and SDXL's.
+_DISCRETE = comfy.model_sampling.ModelSamplingDiscrete()
+
+
+class PlanRequestError(ValueError):
+    """A preview request the node itself would refuse; the message names the field."""
+
+
+def preview_sigmas(scheduler: str, sampler_name: str, steps: int, denoise: float) -> list[float]:
+    """The sigmas KSampler would sample with (comfy.samplers.KSampler.set_steps/calculate_sigmas)
+    on an SD1.5/SDXL discrete schedule; kept in step with those two methods."""
+    def full_schedule(n: int):
+        discard = sampler_name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+        sigmas = comfy.samplers.calculate_sigmas(_DISCRETE, scheduler, n + int(discard))
+        return list(sigmas[:-2]) + list(sigmas[-1:]) if discard else list(sigmas)
+
+    if denoise > 0.9999:
+        sigmas = full_schedule(steps)
+    elif denoise <= 0.0:
+        sigmas = []
+    else:
+        sigmas = full_schedule(int(steps / denoise))[-(steps + 1):]
+    return [float(s) for s in sigmas]
+
+
+def _number(params: dict, name: str, kind, default, lo, hi):
+    raw = params.get(name, default)
+    try:
+        value = kind(float(raw)) if kind is int else kind(raw)
+    except (TypeError, ValueError):
+        raise PlanRequestError(f"{name} = {raw!r} is not a number")
+    if not lo <= value <= hi:
+        raise PlanRequestError(f"{name} = {value} is outside [{lo}, {hi}]")
+    return value
+
+
+def _flag(params: dict, name: str, default: bool) -> bool:
+    return str(params.get(name, default)).lower() in ("1", "true", "yes", "on")
+
+
+def _choice(params: dict, name: str, options: list[str], default: str) -> str:
+    value = params.get(name, default)
+    if value not in options:
+        raise PlanRequestError(f"{name} = {value!r} is not a known {name}")
+    return value
+
+
+def preview_plan(params: dict) -> dict:
+    """The plan for a node's widget values and latent size (all in px), as JSON-ready data.
+
+    Raises PlanRequestError with the node's own message for settings a run would refuse.
+    """
+    width_px = _number(params, "width", int, 1024, 8, MAX_SIDE_PX)
+    height_px = _number(params, "height", int, 1024, 8, MAX_SIDE_PX)
+    steps = _number(params, "steps", int, 30, 1, MAX_STEPS)
+    cfg = _number(params, "cfg", float, 7.0, 0.0, 100.0)
+    denoise = _number(params, "denoise", float, 1.0, 0.0, 1.0)
+    sampler_name = _choice(params, "sampler_name", comfy.samplers.KSampler.SAMPLERS, "euler")
+    scheduler = _choice(params, "scheduler", comfy.samplers.KSampler.SCHEDULERS, "normal")
+    config = CutDiffusionConfig(
+        patch_size=_number(params, "patch_size", int, 0, *RANGES["patch_size"]),
+        window_stride=_number(params, "window_stride", int, 0, *RANGES["window_stride"]),
+        stage_split=_number(params, "stage_split", float, 0.5, *RANGES["stage_split"]),
+        window_jitter=_flag(params, "window_jitter", True),
+        stage2_mode=_choice(params, "stage2_mode", list(STAGE2_MODES), "overlap"),
+        min_stage1_steps=_number(params, "min_stage1_steps", int, 0, *RANGES["min_stage1_steps"]),
+    )
+    known_native_px = NATIVE_PX_BY_MODEL_SOURCE.get(params.get("model_source"))
+    native_px = config.patch_size or known_native_px or ASSUMED_NATIVE_PX
+    try:
+        validate_config(config)
+        validate_stride(config.window_stride, native_px)
+    except ValueError as e:
+        raise PlanRequestError(str(e)) from e
+
+    native = native_px // LATENT_SCALE
+    stride = max(1, (config.window_stride or native_px // 2) // LATENT_SCALE)
+    sigmas = preview_sigmas(scheduler, sampler_name, steps, denoise)
+    plan = make_plan(height_px // LATENT_SCALE, width_px // LATENT_SCALE, native, native, stride, stride, sigmas,
+                     float(_DISCRETE.percent_to_sigma(config.stage_split)), config.stage_split, config.window_jitter,
+                     config.stage2_mode, config.min_stage1_steps)
+    grid, layout = plan.grid, plan.layout
+    per_image = plan.model_evaluations(cfg_batches=1)
+    # ComfyUI skips the uncond half when cfg is exactly 1.
+    cfg_halves = 1 if cfg == 1.0 else 2
+    assumptions = ["stage split on the SD1.5/SDXL noise schedule"]
+    if not config.patch_size:
+        assumptions.insert(0, f"patch_size auto = {native_px} px" + ("" if known_native_px else " (SDXL)"))
+    if sampler_name in _MULTI_EVAL_SAMPLERS:
+        assumptions.append(f"{sampler_name} evaluates the model about twice per step")
+    px = LATENT_SCALE
+    return {
+        "width": width_px, "height": height_px,
+        "native_px": native_px, "stride_px": stride * px,
+        "grid": {"rows": grid.rows, "cols": grid.cols, "patch_h": grid.patch_h * px, "patch_w": grid.patch_w * px,
+                 "pad_h": grid.pad_h * px, "pad_w": grid.pad_w * px},
+        "windows": {"mode": layout.mode, "count": layout.count, "w": layout.win_w * px, "h": layout.win_h * px,
+                    "rows": len(layout.ys), "cols": len(layout.xs),
+                    "jitter_h": layout.jitter_h * px, "jitter_w": layout.jitter_w * px,
+                    "rects": [[win.x * px, win.y * px, win.w * px, win.h * px] for win in _drawn_windows(layout)]},
+        "steps": plan.steps, "stage1_steps": plan.stage1_steps, "stage2_steps": plan.stage2_steps,
+        "evaluations_per_image": per_image,
+        "evaluations_with_cfg": per_image * cfg_halves,
+        "multidiffusion_evaluations": plan.steps * len(layout.ys) * len(layout.xs),
+        "assumptions": assumptions,
+        "summary": plan.summary(),
+    }
+
+
+def _drawn_windows(layout) -> list:
+    """The windows of one step to draw: unjittered, or for `shifted` one typical step (tiles
+    offset by half a tile); capped, since past a few hundred the drawing is a solid block."""
+    if layout.mode == "shifted":
+        windows = shifted_tiles(layout.height, layout.width, layout.win_h, layout.win_w,
+                                layout.win_h // 2, layout.win_w // 2)
+    else:
+        windows = layout.windows()
+    return windows[:MAX_DRAWN_WINDOWS]
+
+
+# Samplers that call the model more than once per step (KSampler names).
+_MULTI_EVAL_SAMPLERS = {"heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral",
+                        "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "seeds_2", "seeds_3"}
+
+
+def register(routes) -> None:
+    from aiohttp import web
+
+    @routes.get(ROUTE)
+    async def plan_route(request):
+        try:
+            return web.json_response(preview_plan(dict(request.rel_url.query)))
+        except PlanRequestError as e:
+            return web.json_response({"error": str(e)}, status=400)
+
+
+def register_on_running_server() -> None:
+    """Add the route to ComfyUI's PromptServer when there is one (not in headless/in-process use)."""
+    try:
+        from server import PromptServer
+    except ImportError:  # ComfyUI without its web server (e.g. scripts, other hosts)
+        return
+    routes = getattr(getattr(PromptServer, "instance", None), "routes", None)
+    if routes is None:
+        log.debug("CutDiffusion: no running PromptServer, plan preview route not registered")
+        return
+    register(routes)
+
+
+register_on_running_server()

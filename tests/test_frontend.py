@@ -1,0 +1,93 @@
+"""What the frontend shows, checked in-process: the plan preview served to the web extension
+(nodes/plan_route.py) and the node help pages (web/docs/<node id>.md)."""
+import re
+
+import pytest
+
+import comfy_runtime as rt
+import ui_workflow as uw
+
+from comfyui_cutdiffusion.nodes.plan_route import PlanRequestError, preview_plan
+
+DOCS = rt.REPO_ROOT / "web" / "docs"
+PATCH_PX = 64  # the smallest patch the node accepts: tiny latents keep the real runs fast
+
+
+def _pack_nodes() -> dict:
+    import nodes
+    status = rt.init_nodes()
+    assert status["loaded"], status["error"]
+    return {name: nodes.NODE_CLASS_MAPPINGS[name] for name in status["nodes"]}
+
+
+@pytest.mark.parametrize("size, patches, windows", [
+    # spec 3.6 with SDXL and stride 64 latent px
+    ((1024, 2048), (1, 2), 3), ((2048, 2048), (2, 2), 9), ((3072, 3072), (3, 3), 25), ((4096, 4096), (4, 4), 49),
+])
+def test_preview_geometry_matches_the_spec(size, patches, windows):
+    plan = preview_plan({"height": size[0], "width": size[1], "steps": 50})
+    assert (plan["grid"]["rows"], plan["grid"]["cols"]) == patches
+    assert plan["windows"]["count"] == windows == len(plan["windows"]["rects"])
+    assert plan["evaluations_per_image"] == 25 * patches[0] * patches[1] + 25 * windows
+    assert plan["evaluations_with_cfg"] == 2 * plan["evaluations_per_image"]
+
+
+def test_preview_split_is_a_noise_level():
+    """Spec 3.5: normal/50 = the paper's 25/25; karras reaches that noise level at a different step."""
+    normal = preview_plan({"width": 2048, "height": 2048, "steps": 50, "scheduler": "normal"})
+    karras = preview_plan({"width": 2048, "height": 2048, "steps": 50, "scheduler": "karras"})
+    assert (normal["stage1_steps"], normal["stage2_steps"]) == (25, 25)
+    assert karras["stage1_steps"] != 25 and karras["stage1_steps"] + karras["stage2_steps"] == 50
+    few = preview_plan({"width": 2048, "height": 2048, "steps": 2, "cfg": 1.0})
+    assert (few["stage1_steps"], few["stage2_steps"]) == (1, 1)          # each stage gets a step
+    assert few["evaluations_with_cfg"] == few["evaluations_per_image"]   # cfg 1: no uncond pass
+
+
+def test_preview_refuses_what_the_node_refuses():
+    with pytest.raises(PlanRequestError, match="window_stride"):
+        preview_plan({"width": 2048, "height": 2048, "patch_size": 1024, "window_stride": 2048})
+    with pytest.raises(PlanRequestError, match="patch_size"):
+        preview_plan({"width": 2048, "height": 2048, "patch_size": 1001})
+    with pytest.raises(PlanRequestError, match="scheduler"):
+        preview_plan({"scheduler": "no_such_scheduler"})
+
+
+def test_preview_equals_the_plan_a_run_reports():
+    """The preview and a real CutDiffusion KSampler run (tiny SDXL, its own discrete schedule)
+    describe the same plan, word for word. One run (CPU time) that exercises the tricky parts:
+    padding to the patch grid, a sampler that discards the penultimate sigma, karras, and
+    the shortened schedule of denoise < 1."""
+    width, height, steps, sampler, scheduler, denoise = 152, 64, 6, "uni_pc", "karras", 0.8
+    _pack_nodes()
+    prompt = {
+        "model": {"class_type": rt.TINY_MODEL_NODE, "inputs": {"kind": "sdxl", "seed": 0}},
+        "conds": {"class_type": rt.TINY_CONDS_NODE, "inputs": {"seed": 3, "batch": 1, "tokens": 8, "sdxl": True}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
+        "sampler": {"class_type": "CutDiffusionKSampler", "inputs": {
+            **{spec.name: uw.default_value(spec) for spec in uw.widget_specs("CutDiffusionKSampler")},
+            "model": ["model", 0], "seed": 5, "steps": steps, "cfg": 5.0, "sampler_name": sampler,
+            "scheduler": scheduler, "positive": ["conds", 0], "negative": ["conds", 1],
+            "latent_image": ["latent", 0], "denoise": denoise, "patch_size": PATCH_PX}},
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": "fe/out"}},
+    }
+    report = rt.run_prompt(prompt)["outputs"]["sampler"]["cutdiffusion"][0]
+    preview = preview_plan({"width": width, "height": height, "steps": steps, "sampler_name": sampler,
+                            "scheduler": scheduler, "denoise": denoise, "patch_size": PATCH_PX})
+    assert preview["summary"] in report
+
+
+def test_demo_help_page_states_the_demo_models_native_size():
+    from comfyui_cutdiffusion.cutdiff_core.demo_model import NATIVE_SIZE_PX
+    page = (DOCS / "CutDiffusionDemoModel.md").read_text()
+    assert f"native size of {NATIVE_SIZE_PX} px" in page
+
+
+def test_every_node_has_a_help_page_covering_its_inputs():
+    for node_id, cls in _pack_nodes().items():
+        page = DOCS / f"{node_id}.md"
+        assert page.is_file(), f"{node_id}: no node help page {page}"
+        text = page.read_text()
+        assert text.startswith("# "), node_id
+        documented = set(re.findall(r"`([a-z_0-9]+)`", text))
+        inputs = {name for section in ("required", "optional") for name in cls.INPUT_TYPES().get(section, {})}
+        assert inputs - documented == set(), f"{node_id}: inputs missing from {page.name}"

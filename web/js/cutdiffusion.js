@@ -1,0 +1,229 @@
+// CutDiffusion plan preview on the CutDiffusion KSampler node.
+//
+// The geometry is not computed here: the extension asks the pack's server
+// route (nodes/plan_route.py), which runs the same Python plan code a sampling
+// run uses. After a run the node's own report (ui output "cutdiffusion") and
+// AdaptiveDiffusion's websocket event replace guesses with what happened.
+
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+import { PLAN_STYLE, renderPlan } from "./plan_view.js";
+
+const SAMPLER_NODE = "CutDiffusionKSampler";
+const ADAPTIVE_NODE = "AdaptiveDiffusion";
+const ADAPTIVE_EVENT = "cutdiffusion.adaptive";
+const PLAN_ROUTE = "/cutdiffusion/plan";
+const WIDGET_NAME = "cutdiffusion_plan";
+const PLAN_HEIGHT = 300;
+// Widgets of the node that change the plan (all others, e.g. seed, do not).
+const PLAN_WIDGETS = ["steps", "cfg", "sampler_name", "scheduler", "denoise", "patch_size", "window_stride",
+  "stage_split", "window_jitter", "stage2_mode", "min_stage1_steps"];
+// How far upstream of latent_image to look for a node with width/height widgets
+// (EmptyLatentImage: 1 hop; VAEEncode <- ImageScale: 2 hops).
+const MAX_HOPS = 4;
+
+function widgetValue(node, name) {
+  return node.widgets?.find((w) => w.name === name)?.value;
+}
+
+// The target size in px from the first upstream node with width and height
+// widgets (EmptyLatentImage, EmptySD3LatentImage, LatentUpscale, ImageScale, ...).
+function upstreamLatentSize(node) {
+  let current = node;
+  let slotName = "latent_image";
+  for (let hop = 0; hop < MAX_HOPS; hop++) {
+    const slot = current.findInputSlot?.(slotName) ?? -1;
+    const source = slot >= 0 ? current.getInputNode(slot) : null;
+    if (!source) return null;
+    const width = widgetValue(source, "width");
+    const height = widgetValue(source, "height");
+    if (width > 0 && height > 0) {
+      return { width, height };
+    }
+    // Follow the image/latent the source is made from (VAEEncode.pixels, LatentUpscaleBy.samples, ...).
+    const next = source.inputs?.find((i) => i.link != null && ["IMAGE", "LATENT"].includes(i.type));
+    if (!next) return null;
+    current = source;
+    slotName = next.name;
+  }
+  return null;
+}
+
+// The node class the MODEL comes from, through model patches (CutDiffusion,
+// AdaptiveDiffusion, LoRA loaders, ...): the server knows some models' native size.
+function modelSource(node) {
+  let current = node;
+  for (let hop = 0; hop < MAX_HOPS; hop++) {
+    const slot = current.inputs?.findIndex((i) => i.type === "MODEL") ?? -1;
+    const source = slot >= 0 ? current.getInputNode(slot) : null;
+    if (!source) return current === node ? null : current.comfyClass;
+    current = source;
+  }
+  return current.comfyClass;
+}
+
+function planQuery(node, size) {
+  const params = { ...size };
+  const source = modelSource(node);
+  if (source) params.model_source = source;
+  for (const name of PLAN_WIDGETS) {
+    const value = widgetValue(node, name);
+    if (value !== undefined) params[name] = value;
+  }
+  return new URLSearchParams(params).toString();
+}
+
+function render(node) {
+  renderPlan(node.cutdiffusion.element, node.cutdiffusion);
+  node.setDirtyCanvas?.(true, false);
+}
+
+// Fetch the plan when the settings changed since the last request; answers to
+// older requests are dropped so fast widget drags never show a stale plan.
+async function refresh(node) {
+  const state = node.cutdiffusion;
+  const size = upstreamLatentSize(node);
+  const query = size ? planQuery(node, size) : "";
+  if (query === state.query) return;
+  state.query = query;
+  if (!size) {
+    Object.assign(state, {
+      plan: null, error: null, shownQuery: query,
+      message: "Connect an Empty Latent Image (or a node with width/height) to latent_image to see the plan.",
+    });
+    render(node);
+    return;
+  }
+  try {
+    const response = await api.fetchApi(`${PLAN_ROUTE}?${query}`);
+    const body = await response.json();
+    if (state.query !== query) return;
+    Object.assign(state, response.ok
+      ? { plan: body, error: null, message: null, shownQuery: query }
+      : { plan: null, error: body.error ?? response.statusText, message: null, shownQuery: query });
+  } catch (e) {
+    if (state.query !== query) return;
+    Object.assign(state, { plan: null, error: `plan preview unavailable: ${e}`, message: null, shownQuery: query });
+  }
+  render(node);
+}
+
+function addPlanWidget(node) {
+  const element = document.createElement("div");
+  element.className = "cutdiff-plan";
+  const widget = node.addDOMWidget(WIDGET_NAME, "cutdiffusion_plan", element, {
+    serialize: false, // display only: never part of the workflow or the prompt
+    hideOnZoom: false,
+    getMinHeight: () => PLAN_HEIGHT,
+    getMaxHeight: () => PLAN_HEIGHT,
+  });
+  widget.serialize = false;
+  // query: the settings last asked for; shownQuery: the settings of what is shown.
+  node.cutdiffusion = { element, widget, query: null, shownQuery: null, plan: null, error: null, message: null,
+    lastRun: null, adaptive: null };
+
+  for (const w of node.widgets ?? []) {
+    if (!PLAN_WIDGETS.includes(w.name)) continue;
+    const callback = w.callback;
+    w.callback = function (...args) {
+      const result = callback?.apply(this, args);
+      refresh(node);
+      return result;
+    };
+  }
+  const onConnectionsChange = node.onConnectionsChange;
+  node.onConnectionsChange = function (...args) {
+    const result = onConnectionsChange?.apply(this, args);
+    refresh(node);
+    return result;
+  };
+  // Upstream width/height edits (on the Empty Latent Image) trigger no callback
+  // here, but they redraw the canvas: re-check the (cheap) query on every draw.
+  const onDrawForeground = node.onDrawForeground;
+  node.onDrawForeground = function (...args) {
+    const result = onDrawForeground?.apply(this, args);
+    refresh(node);
+    return result;
+  };
+  const onExecuted = node.onExecuted;
+  node.onExecuted = function (output) {
+    const result = onExecuted?.apply(this, arguments);
+    const report = output?.cutdiffusion?.[0];
+    if (report) {
+      node.cutdiffusion.lastRun = report.replace(/^CutDiffusion: /, "");
+      render(node);
+    }
+    return result;
+  };
+  const [width, height] = node.size;
+  node.setSize([Math.max(width, 380), Math.max(height, node.computeSize()[1])]);
+}
+
+// AdaptiveDiffusion reports {node, evaluated, skipped} per run: show it on its
+// own node and on every CutDiffusion KSampler its MODEL output feeds.
+function onAdaptiveEvent(event) {
+  const { node: nodeId, evaluated, skipped } = event.detail ?? {};
+  const source = app.graph?.getNodeById(Number(nodeId));
+  if (!source) return;
+  const text = `AdaptiveDiffusion: ${evaluated} evaluations made, ${skipped} skipped`;
+  source.cutdiffusionAdaptive = text;
+  source.setDirtyCanvas?.(true, false);
+  for (const target of downstreamSamplers(source)) {
+    target.cutdiffusion.adaptive = text;
+    render(target);
+  }
+}
+
+function downstreamSamplers(source) {
+  const found = [];
+  const seen = new Set();
+  const queue = [source];
+  while (queue.length) {
+    const node = queue.shift();
+    for (const output of node.outputs ?? []) {
+      if (output.type !== "MODEL") continue;
+      for (const linkId of output.links ?? []) {
+        const target = app.graph.getNodeById(app.graph.getLink(linkId)?.target_id);
+        if (!target || seen.has(target.id)) continue;
+        seen.add(target.id);
+        if (target.comfyClass === SAMPLER_NODE && target.cutdiffusion) found.push(target);
+        queue.push(target);
+      }
+    }
+  }
+  return found;
+}
+
+app.registerExtension({
+  name: "CutDiffusion.PlanPreview",
+  async setup() {
+    const style = document.createElement("style");
+    style.textContent = PLAN_STYLE;
+    document.head.appendChild(style);
+    api.addEventListener(ADAPTIVE_EVENT, onAdaptiveEvent);
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name === SAMPLER_NODE) {
+      const onNodeCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function (...args) {
+        const result = onNodeCreated?.apply(this, args);
+        addPlanWidget(this);
+        return result;
+      };
+    } else if (nodeData.name === ADAPTIVE_NODE) {
+      // A one-line report under the AdaptiveDiffusion node's widgets after a run.
+      const onDrawForeground = nodeType.prototype.onDrawForeground;
+      nodeType.prototype.onDrawForeground = function (ctx) {
+        const result = onDrawForeground?.apply(this, arguments);
+        if (this.cutdiffusionAdaptive && !this.flags?.collapsed) {
+          ctx.save();
+          ctx.font = "11px sans-serif";
+          ctx.fillStyle = "#8fd18f";
+          ctx.fillText(this.cutdiffusionAdaptive, 8, this.size[1] + 14);
+          ctx.restore();
+        }
+        return result;
+      };
+    }
+  },
+});
