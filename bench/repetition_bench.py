@@ -1,0 +1,176 @@
+"""Repetition benchmark on the demo model: does the subject appear once?
+
+    .venv/bin/python bench/repetition_bench.py            # 64 seeds per cell, writes BENCHMARKS.md
+
+The demo model was trained on images holding exactly one object, so at sizes
+above native every extra object is repetition (MultiDiffusion's failure) and a
+missing or washed-out one is lost structure. Per method and target size it
+reports the fraction of images with exactly one object and with none, the mean
+object count, the object's contrast against the background relative to
+native-size samples of the same prompts, and a seam score (gradient energy on
+the stage-2 window borders over elsewhere; 1 = no seam). Then a stage_split
+sweep at 4x area, the beyond-the-paper stage-2 variants, and a few-step run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
+import comfy_runtime  # noqa: E402  (starts ComfyUI on the CPU before anything imports comfy)
+
+comfy_runtime.bootstrap()
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import comfy.sample  # noqa: E402
+from cutdiff_core import demo_metrics as metrics  # noqa: E402
+from cutdiff_core import demo_model as dm  # noqa: E402
+from cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion  # noqa: E402
+from report import machine_description, write_section  # noqa: E402
+
+HEADING = "## Repetition on the demo model (issues 4 and 6)"
+PROMPTS = ("red circle on sand", "blue square on grass", "yellow triangle on slate", "white ring on night",
+           "green cross on sand", "purple circle on slate", "orange square on night", "red ring on grass")
+NATIVE = dm.NATIVE_SIZE_PX
+TARGETS = {"4x area": (2 * NATIVE, 2 * NATIVE), "9x area": (3 * NATIVE, 3 * NATIVE),
+           "1:2": (NATIVE, 2 * NATIVE), "2:1": (2 * NATIVE, NATIVE)}   # (width, height) px
+METHODS = {
+    "direct inference": None,
+    "MultiDiffusion (stage_split 0)": CutDiffusionConfig(stage_split=0.0),
+    "CutDiffusion": CutDiffusionConfig(),
+    "CutDiffusion, no pixel interaction": CutDiffusionConfig(pixel_interaction=False),
+}
+VARIANTS = {
+    "CutDiffusion, shifted stage 2": CutDiffusionConfig(stage2_mode="shifted"),
+    "CutDiffusion, feathered windows": CutDiffusionConfig(window_weights="feathered"),
+    "MultiDiffusion, feathered windows": CutDiffusionConfig(stage_split=0.0, window_weights="feathered"),
+}
+SPLITS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+@dataclass
+class Cell:
+    counts: list[int] = field(default_factory=list)
+    contrasts: list[float] = field(default_factory=list)
+    seams: list[float] = field(default_factory=list)
+    stage1_steps: int | None = None
+    seconds: float = 0.0
+
+
+def sample(demo, config, width, height, prompt, seed, batch, args, report=None):
+    """Decoded images [B, H, W, 3] of one prompt; `config` None = the unpatched model."""
+    model = demo.model if config is None else apply_cutdiffusion(demo.model, config, report)
+    latent = torch.zeros(batch, 4, height // 8, width // 8)
+    with torch.inference_mode():
+        out = comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), args.steps, args.cfg, args.sampler,
+                                  args.scheduler, demo.text.conditioning(prompt), demo.text.conditioning(""), latent,
+                                  disable_pbar=True, seed=seed)
+        return demo.decoder(out).numpy()
+
+
+def window_borders(report: RunReport | None, layout_of) -> tuple[list[int], list[int]]:
+    """Pixel rows/cols where stage-2 windows start or end (nominal, before jitter)."""
+    layout = (report.plan if report is not None and report.plan is not None else layout_of).layout
+    rows = sorted({b * 8 for y in layout.ys for b in (y, y + layout.win_h)})
+    cols = sorted({b * 8 for x in layout.xs for b in (x, x + layout.win_w)})
+    return rows, cols
+
+
+def run_cell(demo, config, width, height, args, seams_from) -> Cell:
+    cell, start = Cell(), time.perf_counter()
+    per_prompt = max(1, args.seeds // len(PROMPTS))
+    for k, prompt in enumerate(PROMPTS):
+        report = RunReport() if config is not None else None
+        images = sample(demo, config, width, height, prompt, args.seed + k, per_prompt, args, report)
+        if report is not None and report.plan is not None:
+            cell.stage1_steps = report.plan.stage1_steps
+        rows, cols = window_borders(report, seams_from)
+        for image in images:
+            cell.counts.append(metrics.count_objects(image))
+            cell.contrasts.append(metrics.object_contrast(image))
+            if rows[1:-1] or cols[1:-1]:
+                cell.seams.append(metrics.seam_score(image, rows, cols))
+    cell.seconds = time.perf_counter() - start
+    return cell
+
+
+def reference_plan(demo, width, height, args):
+    """A CutDiffusion plan for the size, so every method's seam score looks at the same lines."""
+    report = RunReport()
+    sample(demo, CutDiffusionConfig(), width, height, PROMPTS[0], args.seed, 1, args, report)
+    return report.plan
+
+
+def row(name: str, cell: Cell, native_contrast: float, extra: str = "") -> str:
+    s = metrics.summarise_counts(cell.counts)
+    contrast = np.mean(cell.contrasts) / native_contrast
+    seam = f"{np.mean(cell.seams):.2f}" if cell.seams else "—"
+    t1 = "—" if cell.stage1_steps is None else str(cell.stage1_steps)
+    return (f"| {name}{extra} | {s.one:.0%} | {s.none:.0%} | {s.mean:.2f} | {contrast:.2f} | {seam} | {t1} | "
+            f"{cell.seconds:.0f} s |")
+
+
+HEADER = ("| method | one object | none | mean count | contrast vs native | seam score | stage-1 steps | time |\n"
+          "|---|---|---|---|---|---|---|---|")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=64, help="images per cell (spread over 8 prompts)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--sampler", default="euler")
+    parser.add_argument("--scheduler", default="normal")
+    parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--few-step", type=int, default=4, help="steps of the few-step (Turbo-style) rows")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    demo = dm.load_demo_model()
+    start = time.perf_counter()
+
+    native = run_cell(demo, None, NATIVE, NATIVE, args, reference_plan(demo, 2 * NATIVE, 2 * NATIVE, args))
+    native_contrast = float(np.mean(native.contrasts))
+    lines = [f"`bench/repetition_bench.py` on {machine_description()}.",
+             f"Demo model (native {NATIVE} px), {len(native.counts)} images per cell over {len(PROMPTS)} prompts, "
+             f"{args.steps} {args.sampler}/{args.scheduler} steps, cfg {args.cfg}. Native size: "
+             f"{metrics.summarise_counts(native.counts)}.", ""]
+    for target, (width, height) in TARGETS.items():
+        plan = reference_plan(demo, width, height, args)
+        lines += [f"### {target} ({width}x{height} px)", "", HEADER]
+        for name, config in {**METHODS, **(VARIANTS if target == "4x area" else {})}.items():
+            lines.append(row(name, run_cell(demo, config, width, height, args, plan), native_contrast))
+            print(lines[-1], flush=True)
+        lines.append("")
+
+    width, height = TARGETS["4x area"]
+    plan = reference_plan(demo, width, height, args)
+    lines += ["### stage_split sweep, CutDiffusion at 4x area", "", HEADER]
+    for split in SPLITS:
+        cell = run_cell(demo, CutDiffusionConfig(stage_split=split), width, height, args, plan)
+        lines.append(row(f"stage_split {split}", cell, native_contrast))
+        print(lines[-1], flush=True)
+    lines.append("")
+
+    few = argparse.Namespace(**{**vars(args), "steps": args.few_step, "cfg": 1.0, "scheduler": "sgm_uniform"})
+    lines += [f"### Few-step (Turbo-style settings: {args.few_step} steps, cfg 1, sgm_uniform) at 4x area", "",
+              "The demo model is not distilled for few steps, so absolute figures are low; the question is only "
+              "whether CutDiffusion still beats the baselines.", "", HEADER]
+    for name, config in METHODS.items():
+        lines.append(row(name, run_cell(demo, config, width, height, few, plan), native_contrast))
+        print(lines[-1], flush=True)
+    lines += ["", f"Total {time.perf_counter() - start:.0f} s. The comparison picture is "
+              "[docs/demo_comparison.png](docs/demo_comparison.png) (made by `scripts/demo.sh`)."]
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        write_section(HEADING, body)
+
+
+if __name__ == "__main__":
+    main()
