@@ -279,40 +279,55 @@ class CutDiffusionPatch:
             out = unpermute_patches(out, perm)
         return fold_patches(out, grid.rows, grid.cols)
 
-    # -- CALC_COND_BATCH: stage 2 --------------------------------------------
+    # -- CALC_COND_BATCH: stage 2 (and stage-1 batching) -------------------
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
         run = _run_state(model_options)
-        if run is None or run.inside_stage1 or run.eval_step is None:
+        if run is None or run.eval_step is None:
             return executor(model, conds, x_in, timestep, model_options)
-        windows = run.stage2_windows(run.eval_step)
+        if run.inside_stage1:
+            return self._stage1_batches(run, executor, model, conds, x_in, timestep, model_options)
+        step = run.stage2_windows(run.eval_step)
+        windows, (oy, ox) = step.windows, step.shift
         batch = x_in.shape[0]
         run.report.stage2_evaluations += len(windows) * batch
         if len(windows) == 1 and windows[0].h == x_in.shape[-2] and windows[0].w == x_in.shape[-1]:
             return executor(model, conds, x_in, timestep, model_options)
 
-        blenders = [WindowBlender(x_in, run.window_weights, run.blend_buffers_for(i, x_in)) if c is not None else None
-                    for i, c in enumerate(conds)]
-        cond_halves = sum(c is not None for c in conds)
-        for part in self._chunks(model, x_in, windows, cond_halves):
+        # Shifted stage 2 works on the latent rolled by the step's offset; overlap has none.
+        x_work = torch.roll(x_in, (-oy, -ox), (-2, -1)) if oy or ox else x_in
+        blenders = [WindowBlender(x_work, run.window_weights, run.blend_buffers_for(i, x_work))
+                    if c is not None else None for i, c in enumerate(conds)]
+        chunk = self._window_batch(model, x_in, windows[0], sum(c is not None for c in conds))
+        for start in range(0, len(windows), chunk):
             comfy.model_management.throw_exception_if_processing_interrupted()
+            part = windows[start:start + chunk]
             controls: dict = {}  # one cropped copy per control, shared by cond and uncond so they still batch
-            window_conds = [self._window_conds(model, c, part, batch, x_in.shape[-2:], run, controls) for c in conds]
-            outs = executor(model, window_conds, crop_windows(x_in, part),
+            window_conds = [self._window_conds(model, c, part, batch, x_in.shape[-2:], (oy, ox), run, controls)
+                            for c in conds]
+            outs = executor(model, window_conds, crop_windows(x_work, part),
                             _repeat_timestep(timestep, len(part)), model_options)
             for blender, out in zip(blenders, outs):
                 if blender is not None:
                     blender.add(out, part)
-        return [b.result() if b is not None else torch.zeros_like(x_in) for b in blenders]
+        results = [b.result() if b is not None else torch.zeros_like(x_in) for b in blenders]
+        return [torch.roll(r, (oy, ox), (-2, -1)) for r in results] if oy or ox else results
 
-    def _chunks(self, model, x_in, windows: list[Window], cond_halves: int):
-        """Windows of one size per model call (shifted tiles come in several sizes), a batch at a time."""
-        by_size: dict[tuple[int, int], list[Window]] = {}
-        for window in windows:
-            by_size.setdefault((window.h, window.w), []).append(window)
-        for same_size in by_size.values():
-            chunk = self._window_batch(model, x_in, same_size[0], cond_halves)
-            for start in range(0, len(same_size), chunk):
-                yield same_size[start:start + chunk]
+    def _stage1_batches(self, run: RunState, executor, model, conds, x_in, timestep, model_options):
+        """The patch stack in batches of `window_batch_size` patches, so a small window batch
+        bounds stage 1's memory as it does stage 2's (the stack is patch-major: a batch of
+        whole patches keeps every cond aligned with its images)."""
+        per_patch = x_in.shape[0] // run.plan.grid.n
+        patches = self._window_batch(model, x_in[:per_patch], Window(0, 0, *x_in.shape[-2:]),
+                                     sum(c is not None for c in conds))
+        if patches >= run.plan.grid.n:
+            return executor(model, conds, x_in, timestep, model_options)
+        step = patches * per_patch
+        parts = []
+        for start in range(0, x_in.shape[0], step):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            parts.append(executor(model, conds, x_in[start:start + step], timestep[start:start + step],
+                                  model_options))
+        return [torch.cat(outs) for outs in zip(*parts)]
 
     def _window_batch(self, model, x_in, window: Window, cond_halves: int) -> int:
         if self.config.window_batch_size > 0:
@@ -323,9 +338,12 @@ class CutDiffusionPatch:
         return int(max(1, min(MAX_AUTO_WINDOW_BATCH, free // (1.5 * per_window))))
 
     @staticmethod
-    def _window_conds(model, cond_list, windows: list[Window], batch: int, latent_hw, run: RunState, controls: dict):
+    def _window_conds(model, cond_list, windows: list[Window], batch: int, latent_hw, shift: tuple[int, int],
+                      run: RunState, controls: dict):
         """Copies of the conds for a chunk of windows: SDXL `y` with each window's crop
-        offset (spec 3.4) and ControlNet hints cropped to each window."""
+        offset (spec 3.4) and ControlNet hints cropped to each window (windows are in the
+        frame of the latent rolled by `-shift`)."""
+        height, width = latent_hw
         if cond_list is None:
             return None
         out = []
@@ -333,14 +351,15 @@ class CutDiffusionPatch:
             control = cond.get("control")
             if control is not None:
                 if id(control) not in controls:
-                    controls[id(control)] = crop_control(control, windows, batch, tuple(latent_hw), run.hint_cache)
+                    controls[id(control)] = crop_control(control, windows, batch, (height, width), shift,
+                                                         run.hint_cache)
                 cond = dict(cond, control=controls[id(control)])
             model_conds = cond.get("model_conds", {})
             y = model_conds.get("y")
             slot = _sdxl_crop_slot(model, y.cond.shape[-1]) if y is not None else None
             if slot is not None:
-                crops = [(cond.get("crop_h", 0) + w.y * LATENT_SCALE, cond.get("crop_w", 0) + w.x * LATENT_SCALE)
-                         for w in windows]
+                crops = [(cond.get("crop_h", 0) + (w.y + shift[0]) % height * LATENT_SCALE,
+                          cond.get("crop_w", 0) + (w.x + shift[1]) % width * LATENT_SCALE) for w in windows]
                 y_batch = comfy.utils.repeat_to_batch_size(y.cond, batch)
                 embed = run.cached_embedder(model.embedder, y_batch.device, y_batch.dtype)
                 y_windows = with_window_crops(y_batch, slot, crops, embed)

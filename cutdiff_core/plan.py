@@ -83,13 +83,21 @@ STAGE2_MODES = ("overlap", "shifted")
 
 
 @dataclass(frozen=True)
+class StepWindows:
+    """One step's stage-2 windows, in the frame of the latent rolled by `-shift` (y, x)."""
+    windows: list[Window]
+    shift: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
 class WindowLayout:
     """Stage 2 over the working latent.
 
     `overlap`: the paper's MultiDiffusion windows (native size, `stride` apart,
-    optionally jittered). `shifted`: native-size tiles that cover every pixel
-    exactly once, the whole tiling moved by a fresh random offset every step so
-    no tile border stays in one place (tiles at the image border are clipped).
+    optionally jittered). `shifted`: the stage-1 patch grid as contiguous tiles
+    (exactly `n`, each pixel once) over the latent rolled by a fresh random
+    offset every step, so tile borders never stay in one place; the tile that
+    wraps around joins opposite image edges, like circular padding.
     """
     height: int
     width: int
@@ -103,20 +111,18 @@ class WindowLayout:
 
     @property
     def count(self) -> int:
-        """Windows per step (`shifted`: at most this many, fewer when an offset is 0)."""
-        if self.mode == "shifted":
-            return _max_segments(self.height, self.win_h) * _max_segments(self.width, self.win_w)
+        """Windows per step."""
         return len(self.ys) * len(self.xs)
 
-    def step_windows(self, generator: torch.Generator) -> list[Window]:
+    def step_windows(self, generator: torch.Generator) -> StepWindows:
         """One step's windows, drawing this step's random offsets from `generator`."""
         if self.mode == "shifted":
             oy = int(torch.randint(0, self.win_h, (1,), generator=generator))
             ox = int(torch.randint(0, self.win_w, (1,), generator=generator))
-            return shifted_tiles(self.height, self.width, self.win_h, self.win_w, oy, ox)
+            return StepWindows(self.windows(), (oy, ox))
         if self.jitter_h or self.jitter_w:
-            return self.windows(self.draw_offsets(generator))
-        return self.windows()
+            return StepWindows(self.windows(self.draw_offsets(generator)))
+        return StepWindows(self.windows())
 
     def windows(self, offsets: torch.Tensor | None = None) -> list[Window]:
         """Windows in row-major order, each moved by `offsets[k] = (dy, dx)`.
@@ -142,26 +148,6 @@ class WindowLayout:
         return torch.stack([dy, dx], dim=1)
 
 
-def shifted_segments(length: int, tile: int, offset: int) -> list[tuple[int, int]]:
-    """`(start, size)` of non-overlapping segments of at most `tile`, cut at `offset + k * tile`."""
-    if length <= tile:
-        return [(0, length)]
-    cuts = sorted({0, length} | set(range(offset % tile, length, tile)))
-    return [(a, b - a) for a, b in zip(cuts, cuts[1:])]
-
-
-def shifted_tiles(height: int, width: int, tile_h: int, tile_w: int, offset_y: int, offset_x: int) -> list[Window]:
-    return [Window(y, x, h, w) for y, h in shifted_segments(height, tile_h, offset_y)
-            for x, w in shifted_segments(width, tile_w, offset_x)]
-
-
-def _max_segments(length: int, tile: int) -> int:
-    if length <= tile:
-        return 1
-    # offset 0 gives ceil(L / t) segments; offset 1 the most of any non-zero offset.
-    return max(math.ceil(length / tile), 1 + math.ceil((length - 1) / tile))
-
-
 def _jittered(start: int, offset: int, last: int) -> int:
     if start == 0 or start == last:
         return start
@@ -169,9 +155,13 @@ def _jittered(start: int, offset: int, last: int) -> int:
 
 
 def window_layout(height: int, width: int, window_h: int, window_w: int, stride_h: int, stride_w: int,
-                  jitter: bool, mode: str = "overlap") -> WindowLayout:
+                  jitter: bool, mode: str = "overlap", grid: PatchGrid | None = None) -> WindowLayout:
     if mode not in STAGE2_MODES:
         raise ValueError(f"stage2_mode must be one of {STAGE2_MODES}, got {mode!r}")
+    if mode == "shifted":
+        grid = grid or patch_grid(height, width, window_h, window_w)
+        return WindowLayout(height, width, grid.patch_h, grid.patch_w,
+                            tuple(range(0, height, grid.patch_h)), tuple(range(0, width, grid.patch_w)), 0, 0, mode)
     win_h, win_w = window_size(height, window_h), window_size(width, window_w)
     # Reference: jitter of up to (window - stride) / 4, so neighbours always keep half their overlap.
     jitter_h = max(0, (win_h - stride_h) // 4) if jitter else 0
@@ -231,19 +221,17 @@ class Plan:
         g, lay = self.grid, self.layout
         pad = f", padded by {g.pad_h}x{g.pad_w}" if g.pad_h or g.pad_w else ""
         size = f"{lay.win_w * LATENT_SCALE}x{lay.win_h * LATENT_SCALE} px"
-        windows = (f"shifted non-overlapping tiles of {size} (at most {lay.count})" if lay.mode == "shifted"
-                   else f"{len(lay.ys)}x{len(lay.xs)} windows of {size}")
-        bound = "at most " if lay.mode == "shifted" else ""
+        kind = "shifted tiles" if lay.mode == "shifted" else "windows"
         return (f"{self.width * LATENT_SCALE}x{self.height * LATENT_SCALE} px: stage 1 {self.stage1_steps} steps on "
                 f"{g.rows}x{g.cols} patches of {g.patch_w * LATENT_SCALE}x{g.patch_h * LATENT_SCALE} px{pad}; stage 2 "
-                f"{self.stage2_steps} steps on {windows}; {bound}{self.model_evaluations(cfg_batches=1)} model "
-                f"evaluations per image and CFG half")
+                f"{self.stage2_steps} steps on {len(lay.ys)}x{len(lay.xs)} {kind} of {size}; "
+                f"{self.model_evaluations(cfg_batches=1)} model evaluations per image and CFG half")
 
 
 def make_plan(height: int, width: int, native_h: int, native_w: int, stride_h: int, stride_w: int,
               sigmas: Sequence[float], split_sigma: float, stage_split: float, jitter: bool,
               mode: str = "overlap", min_stage1_steps: int = 0) -> Plan:
     grid = patch_grid(height, width, native_h, native_w)
-    layout = window_layout(grid.padded_h, grid.padded_w, native_h, native_w, stride_h, stride_w, jitter, mode)
+    layout = window_layout(grid.padded_h, grid.padded_w, native_h, native_w, stride_h, stride_w, jitter, mode, grid)
     return Plan(height, width, grid, layout, len(sigmas) - 1,
                 stage1_steps(sigmas, split_sigma, stage_split, min_stage1_steps))

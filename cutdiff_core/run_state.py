@@ -11,7 +11,7 @@ import torch
 
 from .config import CutDiffusionConfig
 from .patches import draw_permutation
-from .plan import Plan, Window
+from .plan import Plan, StepWindows
 
 # Evaluations that k-diffusion samplers make in a step *after* its step callback
 # (which fires right after the step's first evaluation). Only a first guess:
@@ -65,7 +65,7 @@ class RunState:
     inside_stage1: bool = False
     perm_generator: torch.Generator | None = None
     jitter_generator: torch.Generator = field(default_factory=torch.Generator)
-    stage2_schedule: list[list[Window]] = field(default_factory=list)
+    stage2_schedule: list[StepWindows] = field(default_factory=list)
     window_weights: Callable | None = None   # the blending strategy, built once per run
     hint_cache: dict = field(default_factory=dict)
     blend_buffers: dict = field(default_factory=dict)   # full-size accumulators, reused every step
@@ -96,7 +96,7 @@ class RunState:
         """Every stage-2 step's windows, drawn up front so the plan knows its cost before sampling."""
         layout = self.plan.layout
         self.stage2_schedule = [layout.step_windows(self.jitter_generator) for _ in range(self.plan.stage2_steps)]
-        self.report.stage2_windows_per_step = [len(w) for w in self.stage2_schedule]
+        self.report.stage2_windows_per_step = [len(step.windows) for step in self.stage2_schedule]
 
     def peek_step(self, timestep: torch.Tensor) -> int:
         """The step the next model evaluation (at `timestep`) belongs to, without counting it.
@@ -143,8 +143,8 @@ class RunState:
         n = self.plan.grid.n
         return draw_permutation(n, stack_shape[0] // n, stack_shape[1:], self.perm_generator, device)
 
-    def stage2_windows(self, step: int) -> list[Window]:
+    def stage2_windows(self, step: int) -> StepWindows:
         if not self.stage2_schedule:  # only reachable through a sampler that misreports its steps
-            return self.plan.layout.windows()
+            return StepWindows(self.plan.layout.windows())
         index = min(max(step - self.plan.stage1_steps, 0), len(self.stage2_schedule) - 1)
         return self.stage2_schedule[index]

@@ -20,7 +20,7 @@ import comfy.samplers
 
 from ..cutdiff_core.config import RANGES, CutDiffusionConfig, validate_config, validate_stride
 from ..cutdiff_core.demo_model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
-from ..cutdiff_core.plan import LATENT_SCALE, STAGE2_MODES, make_plan, shifted_tiles
+from ..cutdiff_core.plan import LATENT_SCALE, STAGE2_MODES, make_plan
 
 log = logging.getLogger("cutdiffusion")
 
@@ -143,14 +143,9 @@ def preview_plan(params: dict) -> dict:
 
 
 def _drawn_windows(layout) -> list:
-    """The windows of one step to draw: unjittered, or for `shifted` one typical step (tiles
-    offset by half a tile); capped, since past a few hundred the drawing is a solid block."""
-    if layout.mode == "shifted":
-        windows = shifted_tiles(layout.height, layout.width, layout.win_h, layout.win_w,
-                                layout.win_h // 2, layout.win_w // 2)
-    else:
-        windows = layout.windows()
-    return windows[:MAX_DRAWN_WINDOWS]
+    """The windows of one step to draw, unjittered (`shifted`: the tile grid before its per-step
+    roll); capped, since past a few hundred the drawing is a solid block."""
+    return layout.windows()[:MAX_DRAWN_WINDOWS]
 
 
 # Samplers that call the model more than once per step (KSampler names).

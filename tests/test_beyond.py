@@ -14,7 +14,7 @@ import comfy_runtime as rt
 from helpers import CountingModel, run_cut
 
 from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
-from comfyui_cutdiffusion.cutdiff_core.plan import make_plan, shifted_segments, shifted_tiles
+from comfyui_cutdiffusion.cutdiff_core.plan import make_plan
 from comfyui_cutdiffusion.cutdiff_core.windows import WindowBlender, feathered_weights
 
 PATCH = 256
@@ -46,22 +46,25 @@ def test_low_denoise_stays_close_to_the_input_and_says_it_skips_stage1(model, co
 
 # -- shifted stage 2 ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("length, tile", [(64, 32), (70, 32), (33, 32), (20, 32), (96, 32)])
-def test_shifted_tiles_cover_every_pixel_exactly_once(length, tile):
-    for offset in range(tile):
-        segments = shifted_segments(length, tile, offset)
-        assert all(0 < size <= tile for _, size in segments)
-        cover = torch.zeros(length, dtype=torch.int32)
-        for start, size in segments:
-            cover[start:start + size] += 1
+@pytest.mark.parametrize("height, width", [(64, 64), (70, 40), (96, 33), (20, 50)])
+def test_shifted_tiles_cover_every_pixel_exactly_once(height, width):
+    plan = make_plan(height, width, 32, 32, 16, 16, [1.0, 0.5, 0.0], 0.5, 0.5, True, "shifted")
+    layout, grid = plan.layout, plan.grid
+    assert layout.count == grid.n and (layout.win_h, layout.win_w) == (grid.patch_h, grid.patch_w)
+    gen = torch.Generator().manual_seed(height * width)
+    shifts = set()
+    for _ in range(12):
+        step = layout.step_windows(gen)
+        shifts.add(step.shift)
+        oy, ox = step.shift
+        assert len(step.windows) == grid.n and 0 <= oy < layout.win_h and 0 <= ox < layout.win_w
+        cover = torch.zeros(layout.height, layout.width, dtype=torch.int32)
+        for t in step.windows:   # rolled frame -> latent: (y + oy) mod H
+            rows = torch.arange(t.y, t.y + t.h).add(oy).remainder(layout.height)
+            cols = torch.arange(t.x, t.x + t.w).add(ox).remainder(layout.width)
+            cover[rows[:, None], cols[None, :]] += 1
         assert bool((cover == 1).all())
-    plan = make_plan(length, length + 9, tile, tile, tile // 2, tile // 2, [1.0, 0.0], 0.5, 0.0, True, "shifted")
-    for oy in range(0, tile, 5):
-        tiles = shifted_tiles(plan.layout.height, plan.layout.width, tile, tile, oy, tile - 1 - oy)
-        cover = torch.zeros(plan.layout.height, plan.layout.width, dtype=torch.int32)
-        for t in tiles:
-            cover[t.y:t.y + t.h, t.x:t.x + t.w] += 1
-        assert bool((cover == 1).all()) and len(tiles) <= plan.layout.count
+    assert len(shifts) > 1  # the tiling really moves
 
 
 def test_shifted_stage2_evaluations_match_the_plan(model, conds):
@@ -72,10 +75,10 @@ def test_shifted_stage2_evaluations_match_the_plan(model, conds):
     finally:
         counter.close()
     plan = report.plan
-    assert len(report.stage2_windows_per_step) == plan.stage2_steps
-    assert counter.images == 2 * (plan.stage1_steps * plan.grid.n + sum(report.stage2_windows_per_step))
-    # Shifted tiles: about n per step instead of the 9 overlapping windows.
-    assert max(report.stage2_windows_per_step) <= 9 and torch.isfinite(got).all()
+    # Shifted tiles: n = 4 per step instead of the 9 overlapping windows, all of one size.
+    assert report.stage2_windows_per_step == [4] * plan.stage2_steps
+    assert counter.images == 2 * (plan.stage1_steps + plan.stage2_steps) * 4 == plan.model_evaluations()
+    assert set(counter.shapes) == {(8, 4, NATIVE, NATIVE)} and torch.isfinite(got).all()
 
 
 # -- feathered blending ---------------------------------------------------------------------------
@@ -134,16 +137,16 @@ def test_controlnet_hint_is_cropped_per_window(model, conds):
     assert (got - plain).abs().max() > 1e-3  # the ControlNet is really applied
     # Stage 1: the whole hint resized to the patch size, for every patch.
     grid = report.plan.grid
-    stage1_shape, stage1_hint = seen[0]
-    assert stage1_shape[0] == 2 * grid.n
     patch_hint = comfy.utils.common_upscale(hint, grid.patch_w * 8, grid.patch_h * 8, "nearest-exact", "center")
-    for item in stage1_hint:
-        assert torch.equal(item, patch_hint[0])
+    for stage1_shape, stage1_hint in seen[:grid.n]:   # window_batch_size 1: one patch (cond + uncond) a call
+        assert stage1_shape[0] == 2
+        for item in stage1_hint:
+            assert torch.equal(item, patch_hint[0])
     # Stage 2: each window sees the crop of the full-size hint at its position.
     full_hint = comfy.utils.common_upscale(hint, w * 8, h * 8, "nearest-exact", "center")[0]
     windows = report.plan.layout.windows()
-    assert len(seen) == 1 + len(windows)
-    for win, (shape, window_hint) in zip(windows, seen[1:]):
+    assert len(seen) == grid.n + len(windows)
+    for win, (shape, window_hint) in zip(windows, seen[grid.n:]):
         crop = full_hint[:, win.y * 8:(win.y + win.h) * 8, win.x * 8:(win.x + win.w) * 8]
         assert shape[-2:] == (win.h, win.w)
         for item in window_hint:   # cond and uncond halves

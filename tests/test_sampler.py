@@ -114,7 +114,8 @@ def test_size_conditioning_reaching_the_model(model, conds):
     n = report.plan.grid.n
     emb = lambda v: embed(torch.tensor([float(v)]))[0]
     full = [emb(h_px), emb(w_px)]
-    stage1_ys, stage2_ys = counter.ys[0], counter.ys[1:]
+    # window_batch_size 1 batches stage 1 one patch at a time too.
+    stage1_ys, stage2_ys = torch.cat(counter.ys[:n]), counter.ys[n:]
     assert stage1_ys.shape[0] == 2 * n               # cond + uncond, every patch
     for row in stage1_ys:
         sizes = row[1280:].view(6, 256)
@@ -154,19 +155,22 @@ def test_model_evaluations_match_the_plan(model, conds, sampler, evals_per_step)
     stage1_calls = t1 * evals_per_step
     stage2_steps_evals = (steps - t1) * evals_per_step - (evals_per_step - 1)
     assert counter.images == cfg_halves * (stage1_calls * n + stage2_steps_evals * windows)
-    # Stage-1 calls carry the whole patch stack (8 images), stage-2 calls 3 windows (6): the extra
-    # evaluation of the last stage-1 step is still a stage-1 evaluation.
-    assert counter.batches == [cfg_halves * n] * stage1_calls + [cfg_halves * 3] * (stage2_steps_evals * 3)
+    # Stage-1 evaluations carry the patch stack in batches of 3 + 1 patches (6 + 2 images), stage-2
+    # ones 3 windows a call (6): the extra evaluation of the last stage-1 step is still stage 1.
+    assert counter.batches == [cfg_halves * 3, cfg_halves * 1] * stage1_calls + \
+        [cfg_halves * 3] * (stage2_steps_evals * 3)
 
 
-def test_window_batches_bound_the_model_batch(model, conds):
-    # Peak memory proxy: the largest batch through the model does not grow with the window count.
+@pytest.mark.parametrize("stage_split", [0.0, 0.5])
+def test_window_batches_bound_the_model_batch(model, conds, stage_split):
+    # Peak memory proxy: the largest batch through the model grows neither with the window count
+    # nor with the patch count (stage 1 is batched by window_batch_size too).
     largest = []
     for size in (2 * PATCH, 3 * PATCH):
         counter = CountingModel(model)
         try:
             run_cut(model, rt.empty_latent(size, size), seed=1, steps=2, conds=conds, patch_size=PATCH,
-                    stage_split=0.0, window_batch_size=2)
+                    stage_split=stage_split, window_batch_size=2)
         finally:
             counter.close()
         largest.append(max(counter.batches))

@@ -56,7 +56,7 @@ function windowRects(plan) {
 }
 
 function windowsCaption(w) {
-  return w.mode === "shifted" ? `≤${w.count} shifted tiles` : `${w.rows}×${w.cols} windows`;
+  return w.mode === "shifted" ? `${w.rows}×${w.cols} shifted tiles` : `${w.rows}×${w.cols} windows`;
 }
 
 function line(className, text, tooltip) {
@@ -86,8 +86,8 @@ export function renderPlan(root, state) {
         "and pixels are shuffled between patches so they agree on one layout."),
       diagram(plan, `stage 2: ${plan.stage2_steps} steps, ${windowsCaption(w)}`, STAGE2_COLOR, windowRects(plan),
         w.mode === "shifted"
-          ? `Stage 2 (detail): non-overlapping ${w.w}×${w.h} px tiles (at most ${w.count}), the whole tiling ` +
-            "moved by a random offset every step (one such step is drawn)."
+          ? `Stage 2 (detail): ${w.count} non-overlapping ${w.w}×${w.h} px tiles, the whole tiling ` +
+            "moved (with wrap-around) by a random offset every step, so seams never stay in one place."
           : `Stage 2 (detail): ${w.count} overlapping windows of ${w.w}×${w.h} px, stride ${plan.stride_px} px` +
             (w.jitter_h || w.jitter_w ? `, moved by up to ${Math.max(w.jitter_h, w.jitter_w)} px every step.` : ".")),
     );
