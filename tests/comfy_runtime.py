@@ -64,8 +64,12 @@ PACK_PARENT: str | None = None
 _bootstrapped = False
 
 
-def bootstrap() -> None:
-    """Start ComfyUI's backend in this process (CPU only). Idempotent."""
+def bootstrap(gpu: bool = False) -> None:
+    """Start ComfyUI's backend in this process. Idempotent.
+
+    CPU only unless `gpu` (the benchmark's CUDA path): then ComfyUI picks the GPU, with --highvram
+    so that models stay loaded on it instead of being offloaded (or partially loaded) between runs.
+    """
     global BASE, PACK_PARENT, _bootstrapped
     if _bootstrapped:
         return
@@ -100,7 +104,7 @@ def bootstrap() -> None:
 
     saved_argv = sys.argv
     sys.argv = [
-        "main.py", "--cpu", "--base-directory", base,
+        "main.py", "--highvram" if gpu else "--cpu", "--base-directory", base,
         "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME,
     ]
     try:
@@ -117,7 +121,7 @@ def bootstrap() -> None:
     import nodes  # noqa: F401  (heavy: pulls in comfy.sd, samplers, ...)
     import execution  # noqa: F401
 
-    if not args.cpu or mm.get_torch_device().type != "cpu":
+    if not gpu and (not args.cpu or mm.get_torch_device().type != "cpu"):
         raise RuntimeError(f"--cpu did not take effect (device: {mm.get_torch_device()})")
     if os.path.realpath(folder_paths.get_output_directory()) != os.path.realpath(os.path.join(base, "output")):
         raise RuntimeError("--base-directory did not take effect")

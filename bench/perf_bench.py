@@ -1,0 +1,414 @@
+"""Speed and memory of CutDiffusion against its peers, in one process and run (issue 8).
+
+    .venv/bin/python bench/perf_bench.py                       # full run, writes BENCHMARKS.md
+    .venv/bin/python bench/perf_bench.py --steps 3 --sizes 2x --repeats 1 --no-write   # smoke run
+
+For each target size and method (direct inference at the target size, MultiDiffusion = the patch
+with stage_split 0 and the same stride, CutDiffusion with overlapping and with shifted stage-2
+windows, each also with AdaptiveDiffusion) it measures:
+
+- model evaluations per image: images through the UNet, counted by a hook on the torch module
+  (not by the pack's own report), next to what the plan says;
+- wall time of the KSampler code path: one short warm-up run per method and size, then the
+  median of --repeats runs, interleaved across methods so a change of machine load hits all alike;
+- the time ratio against MultiDiffusion of the same run, next to the evaluation ratio: where
+  nothing but the model costs time, the two are equal;
+- the fraction of the time spent outside the UNet's forward (our patches, ComfyUI's sampler and
+  CFG, conditioning): forward pre/post hooks with time.perf_counter (and torch.cuda.synchronize on
+  a GPU, so queued work is charged to whoever queued it);
+- peak memory: on a GPU torch.cuda.max_memory_allocated above the allocation before the run (the
+  weights); on CPU the peak of torch's CPU allocator during one more run, from the profiler's
+  allocation events (tracemalloc cannot see torch's allocator, and peak RSS proved too noisy on
+  the tiny model: see cpu_peak_mib).
+
+CPU: the tiny SDXL test UNet (random weights, float32) with 256 px patches, 20 steps.
+CUDA: a full-size SDXL UNet (real architecture, random weights, fp16) at 2048^2 and 4096^2,
+50 steps, euler, cfg 7.5, so the figures compare with the paper's RTX 3090 setting.
+Sizes are area multiples of the native size ("2x", "4x", "9x", ...) or "pano" (2:1).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
+import comfy_runtime as rt  # noqa: E402  (no comfy import may come before rt.bootstrap())
+from report import write_section  # noqa: E402
+
+SECTION = "## Speed and memory (issue 8)"
+BASELINE = "multidiffusion"
+WARMUP_STEPS = 2  # enough to run every code path and tensor shape once (one step per stage)
+PX_PER_LATENT = 8  # every size must be a multiple of it
+
+# The UNet config comfy.model_detection reports for an SDXL base checkpoint.
+SDXL_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    label: str
+    cut: dict | None    # CutDiffusionConfig fields; None = direct inference (the unpatched model)
+    adaptive: bool = False
+
+
+def all_methods() -> list[Method]:
+    base = [Method("direct", "Direct inference", None),
+            Method(BASELINE, "MultiDiffusion", {"stage_split": 0.0}),
+            Method("cut-overlap", "CutDiffusion, overlap", {"stage2_mode": "overlap"}),
+            Method("cut-shifted", "CutDiffusion, shifted", {"stage2_mode": "shifted"})]
+    return base + [Method(m.key + "+ad", m.label + " + AdaptiveDiffusion", m.cut, True) for m in base]
+
+
+def target_px(size: str, native_px: int) -> tuple[int, int]:
+    """(width, height) in px: "pano" = 2:1 at native height; "Kx" = K times the native area."""
+    if size == "pano":
+        return 2 * native_px, native_px
+    area = int(size.rstrip("x"))
+    side = round(native_px * math.sqrt(area) / PX_PER_LATENT) * PX_PER_LATENT
+    return side, side
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+class UNetMeter:
+    """Images through the UNet and time inside its forward, from hooks on the torch module."""
+
+    def __init__(self, model, sync):
+        unet = model.model.diffusion_model
+        self._sync = sync
+        unet.register_forward_pre_hook(self._enter, with_kwargs=True)
+        unet.register_forward_hook(self._leave)
+        self.reset()
+
+    def reset(self) -> None:
+        self.images, self.calls, self.max_batch, self.inside_s, self._start = 0, 0, 0, 0.0, 0.0
+
+    def _enter(self, module, args, kwargs):
+        x = args[0] if args else kwargs["x"]
+        self.images += x.shape[0]
+        self.calls += 1
+        self.max_batch = max(self.max_batch, x.shape[0])
+        self._sync()
+        self._start = time.perf_counter()
+
+    def _leave(self, module, args, output):
+        self._sync()
+        self.inside_s += time.perf_counter() - self._start
+
+
+@dataclass
+class Result:
+    method: Method
+    evals: int = 0              # images through the UNet per generated image (both CFG halves)
+    plan_evals: int = 0         # what the plan says, without AdaptiveDiffusion's skips
+    calls: int = 0              # UNet forward calls: few large batches use a GPU best
+    max_batch: int = 0          # largest UNet batch: what the peak memory follows
+    walls: list[float] = field(default_factory=list)
+    outside: list[float] = field(default_factory=list)
+    peak_mib: float | None = None
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.gpu = args.device == "cuda"
+        rt.bootstrap(gpu=self.gpu)
+        import comfy.utils
+        from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import sample
+        comfy.utils.PROGRESS_BAR_ENABLED = False  # tqdm output and its cost are no part of what we measure
+        self._sample = sample
+        if self.gpu:
+            self.model, self.native_px = full_sdxl_fp16(), 1024
+            self.conds = rt.tiny_conds(seed=args.seed, tokens=77, context_dim=2048)
+        else:
+            self.model, self.native_px = rt.tiny_sdxl(seed=args.seed), 256
+            self.conds = rt.tiny_conds(seed=args.seed)
+        self._sync = torch.cuda.synchronize if self.gpu else (lambda: None)
+        self.meter = UNetMeter(self.model, self._sync)
+
+    def patched(self, method: Method):
+        """(model, CutDiffusion RunReport or None) for a method, patched as a user's graph would be."""
+        from comfyui_cutdiffusion.cutdiff_core.adaptive import AdaptiveConfig
+        from comfyui_cutdiffusion.cutdiff_core.adaptive_patch import apply_adaptive
+        from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion
+        model, report = self.model, None
+        if method.cut is not None:
+            report = RunReport()
+            config = CutDiffusionConfig(patch_size=self.native_px, window_stride=self.args.stride,
+                                        window_batch_size=self.args.window_batch, **method.cut)
+            model = apply_cutdiffusion(model, config, report)
+        if method.adaptive:
+            model = apply_adaptive(model, AdaptiveConfig())
+        return model, report
+
+    def run(self, model, size: str, steps: int) -> float:
+        """One sampling run along KSampler's code path; returns its wall time."""
+        width, height = target_px(size, self.native_px)
+        pos, neg = self.conds
+        a = self.args
+        self.meter.reset()
+        self._sync()
+        start = time.perf_counter()
+        with torch.inference_mode():  # as ComfyUI's executor runs nodes
+            self._sample(model, a.seed, steps, a.cfg, a.sampler, a.scheduler, pos, neg,
+                         rt.empty_latent(width, height), 1.0)
+        self._sync()
+        return time.perf_counter() - start
+
+    def measure_size(self, size: str, methods: list[Method]) -> list[Result]:
+        a = self.args
+        models = [self.patched(m) for m in methods]
+        results = [Result(m) for m in methods]
+        for model, _ in models:
+            self.run(model, size, min(WARMUP_STEPS, a.steps))
+        if self.gpu and self.model.model.model_lowvram:  # weights streamed per layer: not the model's speed
+            raise RuntimeError("ComfyUI loaded the UNet only partially (lowvram); free GPU memory first")
+        for repeat in range(a.repeats):
+            for result, (model, report) in zip(results, models):
+                if self.gpu and repeat == 0:
+                    torch.cuda.reset_peak_memory_stats()
+                    before = torch.cuda.memory_allocated()
+                wall = self.run(model, size, a.steps)
+                if self.gpu and repeat == 0:
+                    result.peak_mib = (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+                result.walls.append(wall)
+                result.outside.append(max(0.0, wall - self.meter.inside_s) / wall)
+                result.evals, result.calls, result.max_batch = self.meter.images, self.meter.calls, self.meter.max_batch
+                result.plan_evals = plan_evaluations(report, a.steps)
+        if not self.gpu and a.memory:  # a separate run: the profiler slows what it watches
+            for result, (model, _) in zip(results, models):
+                result.peak_mib = cpu_peak_mib(lambda: self.run(model, size, a.steps))
+        return results
+
+
+def plan_evaluations(report, steps: int) -> int:
+    """Spec 3.6 from the run's own plan (both CFG halves, one image, first-order sampler):
+    T1 * n + the stage-2 windows actually drawn (shifted tiles vary per step); direct: T."""
+    if report is None:
+        return 2 * steps
+    plan = report.plan
+    return 2 * (plan.stage1_steps * plan.grid.n + sum(report.stage2_windows_per_step))
+
+
+def full_sdxl_fp16():
+    """A full-size SDXL UNet with random fp16 weights, made directly on the GPU.
+
+    A forward pass costs the same whatever the weights are, and normal_ on the device avoids
+    building 2.6 B parameters on the host.
+    """
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SDXL(dict(SDXL_UNET))
+    config.set_inference_dtype(torch.float16, None)
+    device = mm.get_torch_device()
+    model = comfy.model_base.SDXL(config, device=device)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02)
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
+
+
+# --------------------------------------------------------------------------- CPU memory
+
+
+def cpu_peak_mib(run) -> float:
+    """Peak of the bytes held by torch's CPU allocator during `run()`, above what it held before.
+
+    The CPU analogue of CUDA's max_memory_allocated: the profiler's allocation events carry the
+    allocator's running total. It counts tensor memory only (not the interpreter, libraries or
+    oneDNN scratch), so it is exact and repeatable where the process's peak RSS is not: on the
+    tiny model the RSS growth of one and the same run in fresh processes varied up to 2x, because
+    glibc keeps and reuses freed blocks.
+    """
+    from torch._C._profiler import _EventType
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    allocations = []
+    events = list(prof.profiler.kineto_results.experimental_event_tree())
+    while events:
+        event = events.pop()
+        events.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+            allocations.append((event.start_time_ns, event.extra_fields.alloc_size, event.extra_fields.total_allocated))
+    if not allocations:
+        return 0.0
+    allocations.sort()
+    _, first_size, first_total = allocations[0]
+    return (max(total for _, _, total in allocations) - (first_total - first_size)) / 2 ** 20
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_lines(args) -> list[str]:
+    import comfyui_version
+
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+        if match:
+            cpu = match.group(1).strip()
+    lines = [f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+             f"- CPU: {cpu}, {len(os.sched_getaffinity(0))} cores available, torch threads {torch.get_num_threads()}, "
+             f"load average at start {os.getloadavg()[0]:.1f}"]
+    if args.device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        lines.append(f"- GPU: {torch.cuda.get_device_name(0)}, {props.total_memory / 2 ** 30:.0f} GiB")
+    lines.append(f"- torch {torch.__version__}, ComfyUI {comfyui_version.__version__}")
+    return lines
+
+
+def setup_lines(args, bench: Bench) -> list[str]:
+    model = ("full-size SDXL UNet (2.6 B parameters, random weights), fp16, on the GPU" if bench.gpu else
+             "tiny SDXL test UNet (tests/comfy_runtime.tiny_sdxl, random weights), float32, on the CPU")
+    stride = args.stride or bench.native_px // 2
+    memory = ("CUDA max_memory_allocated during the first measured run, above the allocation before it (weights)"
+              if bench.gpu else "peak of torch's CPU allocator (tensor memory; torch.profiler allocation events) "
+                                "during one more run per method and size, above what it held before")
+    if not bench.gpu and not args.memory:
+        memory = "not measured (--no-memory)"
+    lines = [f"- model: {model}; native (patch) size {bench.native_px} px, window stride {stride} px, window batch "
+             f"{args.window_batch or 'auto'}",
+             f"- sampling: {args.steps} steps, {args.sampler}/{args.scheduler}, cfg {args.cfg}, seed {args.seed}, "
+             f"batch 1; wall time = median of {args.repeats} run(s) after a {WARMUP_STEPS}-step warm-up per method",
+             f"- peak memory: {memory}"]
+    lines.append(f"- command: `{' '.join(['python bench/perf_bench.py', *sys.argv[1:]])}`")
+    return lines
+
+
+def _fmt(value, spec: str, empty: str = "—") -> str:
+    return empty if value is None else format(value, spec)
+
+
+def size_table(size: str, native_px: int, results: list[Result]) -> list[str]:
+    width, height = target_px(size, native_px)
+    base = next((r for r in results if r.method.key == BASELINE), None)
+    base_wall = statistics.median(base.walls) if base else None
+    lines = [f"### {width}x{height} px ({size}{' area' if size != 'pano' else ''})", "",
+             "| method | UNet evals / image | plan | UNet calls | max batch | wall s | time vs MD | evals vs MD "
+             "| plan evals vs MD | time vs evals | outside UNet | peak MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        wall = statistics.median(r.walls)
+        time_ratio = wall / base_wall if base else None
+        tiled = r.method.cut is not None  # evaluation counts only compare between window/patch methods
+        eval_ratio = r.evals / base.evals if base and tiled else None
+        plan_ratio = r.plan_evals / base.plan_evals if base and tiled else None
+        excess = time_ratio / eval_ratio - 1 if eval_ratio else None
+        mismatch = " (!)" if not r.method.adaptive and r.evals != r.plan_evals else ""
+        lines.append(
+            f"| {r.method.label} | {r.evals}{mismatch} | {r.plan_evals} | {r.calls} | {r.max_batch} | {wall:.2f} "
+            f"| {_fmt(time_ratio, '.3f')} | {_fmt(eval_ratio, '.3f')} | {_fmt(plan_ratio, '.3f')} "
+            f"| {_fmt(excess, '+.1%')} | {statistics.median(r.outside):.1%} | {_fmt(r.peak_mib, '.1f')} |")
+    return lines + [""]
+
+
+def memory_table(sizes: list[str], native_px: int, by_size: dict[str, list[Result]]) -> list[str]:
+    header = " | ".join("{}x{}".format(*target_px(s, native_px)) + f" ({s})" for s in sizes)
+    lines = ["### Peak memory by target size (MiB)", "", f"| method | {header} |",
+             "|---|" + "---:|" * len(sizes)]
+    for i, result in enumerate(by_size[sizes[0]]):
+        cells = " | ".join(_fmt(by_size[s][i].peak_mib, ".1f") for s in sizes)
+        lines.append(f"| {result.method.label} | {cells} |")
+    return lines + [""]
+
+
+LEGEND = ("UNet evals / image: images through the UNet per generated image, both CFG halves, counted by a hook "
+          "on the torch module; plan: the same from the run's plan (spec 3.6, first-order samplers; "
+          "AdaptiveDiffusion rows count skips, the plan does not; (!) marks a mismatch). UNet calls / max batch: "
+          "forward calls per image and the largest batch of one. time vs MD: wall time over MultiDiffusion's in "
+          "this run; evals vs MD: the same for counted evaluations; time vs evals: how much more the time ratio "
+          "is than the evaluation ratio (0% = nothing but the model costs time; target within 5%). outside UNet: "
+          "share of the wall time not inside the UNet's forward (our patches, ComfyUI's sampler, CFG and "
+          "conditioning; the direct-inference row is ComfyUI's own share).")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", help="comma list of area multiples of the native size (2x, 4x, 9x, 16x, ...) and/or "
+                                   "pano (2:1); default: 2x,4x,9x,pano on CPU, 4x,16x (2048^2, 4096^2) on a GPU")
+    p.add_argument("--methods", help="comma list of " + ", ".join(m.key for m in all_methods()) + " (default: all)")
+    p.add_argument("--steps", type=int, help="sampling steps (default 20 on CPU, 50 on a GPU; 10 with --quick)")
+    p.add_argument("--quick", action="store_true", help="10 steps unless --steps is given")
+    p.add_argument("--repeats", type=int, help="timed runs per method and size, the median is reported (default 3 on "
+                                                "CPU, 1 on a GPU: a quiet device, and a 4096^2 run takes minutes)")
+    p.add_argument("--cfg", type=float, default=7.5)
+    p.add_argument("--sampler", default="euler")
+    p.add_argument("--scheduler", default="normal")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stride", type=int, default=0, help="window stride in px (0 = half the patch size)")
+    p.add_argument("--window-batch", type=int, default=0, help="window_batch_size (0 = automatic)")
+    p.add_argument("--cpu", action="store_true", help="run the CPU benchmark even where CUDA is available")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure CPU peak memory (one more, profiled run per method and size)")
+    p.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true", help="print the tables only")
+    args = p.parse_args(argv)
+    args.device = "cuda" if cuda and not args.cpu else "cpu"
+    args.steps = args.steps or (10 if args.quick else 50 if args.device == "cuda" else 20)
+    args.repeats = args.repeats or (1 if args.device == "cuda" else 3)
+    if args.steps < 2:
+        p.error("--steps must be at least 2: one step per CutDiffusion stage")
+    args.sizes = (args.sizes or ("4x,16x" if args.device == "cuda" else "2x,4x,9x,pano")).split(",")
+    for size in args.sizes:
+        if not re.fullmatch(r"pano|[1-9][0-9]*x", size):
+            p.error(f"unknown size {size!r}")
+    keys = [m.key for m in all_methods()]
+    args.methods = (args.methods or ",".join(keys)).split(",")
+    for key in args.methods:
+        if key not in keys:
+            p.error(f"unknown method {key!r}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    bench = Bench(args)
+    methods = [m for m in all_methods() if m.key in args.methods]
+    by_size = {}
+    for size in args.sizes:
+        print(f"measuring {size} ...", file=sys.stderr, flush=True)
+        by_size[size] = bench.measure_size(size, methods)
+    lines = ["Written by `bench/perf_bench.py`.", "", *machine_lines(args), *setup_lines(args, bench), "", LEGEND, ""]
+    for size in args.sizes:
+        lines += size_table(size, bench.native_px, by_size[size])
+    if bench.gpu or args.memory:
+        lines += memory_table(args.sizes, bench.native_px, by_size)
+    body = "\n".join(lines)
+    print(f"{SECTION}\n\n{body}")
+    if not args.no_write:
+        write_section(SECTION, body, args.output)
+        print(f"written to {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
