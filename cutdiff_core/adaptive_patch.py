@@ -1,0 +1,252 @@
+"""AdaptiveDiffusion as a ComfyUI model patch (spec section 4).
+
+Four wrappers on a clone of the ModelPatcher, all *outside* CutDiffusion's:
+
+- OUTER_SAMPLE: the run's state, in the run's own copy of the model options
+  (so two samplers, or two prompts, never share it); reports at the end.
+- SAMPLER_SAMPLE: watches the step callback to tell how many model
+  evaluations the sampler makes per step.
+- PREDICT_NOISE: once per model evaluation, on the full latent the sampler
+  steps, decides evaluate or skip (`adaptive.SkipCriterion`). With
+  CutDiffusion this is the whole latent, before it is cut into patches or
+  windows, so a skipped step skips every patch (stage 1) or window (stage 2).
+- CALC_COND_BATCH: caches the raw noise prediction of each cond slot (cond
+  and uncond) and, on a skipped step, answers from that cache at the current
+  latent and sigma without calling the model. CFG (incl. sampler_cfg_function
+  and post-CFG hooks) then runs as usual on those outputs: the denoised value
+  is recomputed, never reused.
+
+Where the cache lives, and why: the cache must be in the frame the sampler
+steps, because the reuse happens at the *next* latent. CALC_COND_BATCH sees
+that frame for plain models and in CutDiffusion's stage 2 (it blends the
+windows below us). In stage 1 it sees CutDiffusion's patch stack, permuted
+differently at every evaluation, so per-slot eps there cannot be reused; such
+a step reuses the CFG-combined eps = (x - denoised) / sigma of the last
+evaluation instead, at the PREDICT_NOISE level. For ordinary CFG the two are
+the same number (CFG is linear and element-wise, so it commutes with the
+permutation); they differ only for non-linear CFG hooks, which in stage 1 ran
+on patches anyway.
+
+Step policy: the criterion runs over model evaluations. Samplers with one
+evaluation per step (euler, dpmpp_2m, ddim, lcm, uni_pc, ...) are exactly the
+paper's per-step rule. Samplers with several evaluations per step (heun,
+dpm_2, dpmpp_sde, ...) never skip: the criterion would mix predictor and
+corrector latents, and reusing eps turns them into a first-order method.
+They are recognised by a second evaluation between two step callbacks,
+which happens before the first possible skip (the criterion needs four
+latents). This also keeps CutDiffusion's step count right, which a stage-1
+skip never reaches: it learns the evaluations per step from the same gaps.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.patcher_extension
+
+from .adaptive import AdaptiveConfig, SkipCriterion, denoised_from_eps, eps_from_denoised, validate_config
+from .comfy_adapter import WRAPPER_KEY as CUTDIFFUSION_KEY
+from .comfy_adapter import cutdiffusion_stage
+
+log = logging.getLogger("cutdiffusion")
+
+WRAPPER_KEY = "adaptivediffusion"
+RUN_KEY = "adaptivediffusion_run"
+FRONTEND_EVENT = "cutdiffusion.adaptive"
+_WRAPPERS = comfy.patcher_extension.WrappersMP
+
+
+@dataclass
+class AdaptiveReport:
+    """What the last sampling run did, counted in model evaluations (one = the whole CFG batch)."""
+    evaluated: int = 0
+    skipped: int = 0
+    skipped_at: list[int] = field(default_factory=list)   # evaluation indices, from 0
+    multi_evaluation_sampler: bool = False
+
+    def __deepcopy__(self, memo):
+        return self  # shared with model clones on purpose: it belongs to the node that made the patch
+
+    def summary(self) -> str:
+        total = self.evaluated + self.skipped
+        text = (f"AdaptiveDiffusion: {self.evaluated} of {total} model evaluations made, {self.skipped} skipped"
+                f" ({total / max(1, self.evaluated):.2f}x fewer)")
+        if self.multi_evaluation_sampler:
+            text += "; the sampler evaluates several times per step, so nothing is skipped"
+        return text
+
+
+@dataclass
+class _RunState:
+    criterion: SkipCriterion
+    report: AdaptiveReport
+    start_sigma: float
+    end_sigma: float
+    stage: int | None = None            # CutDiffusion stage of the last evaluation
+    frame: torch.Size | None = None     # latent shape of the evaluation in progress
+    skipping: bool = False
+    call_index: int = 0                 # calc_cond_batch calls at the frame, this evaluation
+    cond_eps: list[list[torch.Tensor | None]] = field(default_factory=list)  # per call, per cond slot
+    cfg_eps: torch.Tensor | None = None  # only where no call was at the frame (CutDiffusion stage 1)
+    callback_seen: bool = False
+    evals_since_callback: int = 0
+
+    def new_denoiser(self, stage: int | None) -> None:
+        """CutDiffusion's stage changed: a prediction of the other denoiser is no use here."""
+        self.stage = stage
+        self.criterion.reset_history()
+        self.cond_eps, self.cfg_eps = [], None
+
+    def count_evaluation(self) -> None:
+        if self.callback_seen and self.evals_since_callback >= 1 and not self.report.multi_evaluation_sampler:
+            self.report.multi_evaluation_sampler = True
+            log.info("AdaptiveDiffusion: the sampler evaluates the model several times per step; not skipping")
+        self.evals_since_callback += 1
+
+    def may_skip(self, sigma: float) -> bool:
+        has_cache = bool(self.cond_eps) or self.cfg_eps is not None
+        in_range = self.end_sigma < sigma <= self.start_sigma  # ComfyUI's percent convention, as LazyCache
+        return has_cache and in_range and not self.report.multi_evaluation_sampler
+
+    def watching(self, callback):
+        def step_callback(*args, **kwargs):
+            self.callback_seen, self.evals_since_callback = True, 0
+            if callback is not None:
+                return callback(*args, **kwargs)
+        return step_callback
+
+
+def _run_state(model_options: dict) -> _RunState | None:
+    return model_options.get("transformer_options", {}).get(RUN_KEY)
+
+
+def _send_to_frontend(node_id: str | None, report: AdaptiveReport) -> None:
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+    except ImportError:  # not inside a ComfyUI server process
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None:
+        server.send_sync(FRONTEND_EVENT, {"node": node_id, "evaluated": report.evaluated, "skipped": report.skipped},
+                         getattr(server, "client_id", None))
+
+
+class AdaptivePatch:
+    """The four wrappers, bound to one configuration."""
+
+    def __init__(self, config: AdaptiveConfig, report: AdaptiveReport | None = None, node_id: str | None = None):
+        self.config = config
+        self.report = report if report is not None else AdaptiveReport()
+        self.node_id = node_id
+
+    def __deepcopy__(self, memo):
+        return self  # immutable settings; ModelPatcher.clone deep-copies model_options
+
+    def apply(self, model):
+        """A clone of `model` with the patch (replacing an earlier AdaptiveDiffusion patch on it)."""
+        patched = model.clone()
+        for kind, fn in ((_WRAPPERS.OUTER_SAMPLE, self.outer_sample), (_WRAPPERS.SAMPLER_SAMPLE, self.sampler_sample),
+                         (_WRAPPERS.PREDICT_NOISE, self.predict_noise),
+                         (_WRAPPERS.CALC_COND_BATCH, self.calc_cond_batch)):
+            patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
+            patched.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
+            # First key = outermost wrapper. CutDiffusion must stay inside us (see the
+            # module docstring), so move its wrappers behind ours. (Its own apply
+            # re-adds its key last, so the order also holds the other way round.)
+            inner = patched.get_wrappers(kind, CUTDIFFUSION_KEY)
+            if inner:
+                patched.remove_wrappers_with_key(kind, CUTDIFFUSION_KEY)
+                for wrapper in inner:
+                    patched.add_wrapper_with_key(kind, CUTDIFFUSION_KEY, wrapper)
+        return patched
+
+    # -- OUTER_SAMPLE ---------------------------------------------------------
+    def outer_sample(self, executor, *args, **kwargs):
+        guider = executor.class_obj
+        model_sampling = guider.model_patcher.get_model_object("model_sampling")
+        report = self.report
+        report.evaluated = report.skipped = 0
+        report.skipped_at, report.multi_evaluation_sampler = [], False
+        run = _RunState(SkipCriterion(self.config), report,
+                        float(model_sampling.percent_to_sigma(self.config.start_percent)),
+                        float(model_sampling.percent_to_sigma(self.config.end_percent)))
+        # The guider's model_options are this run's own copy (CFGGuider.sample clones them).
+        transformer_options = guider.model_options.setdefault("transformer_options", {})
+        transformer_options[RUN_KEY] = run
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            transformer_options.pop(RUN_KEY, None)
+            log.info(report.summary())
+            _send_to_frontend(self.node_id, report)
+
+    # -- SAMPLER_SAMPLE -------------------------------------------------------
+    def sampler_sample(self, executor, *args, **kwargs):
+        # args: (guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+        args = list(args)
+        extra_args = kwargs["extra_args"] if "extra_args" in kwargs else args[2]
+        run = _run_state(extra_args.get("model_options", {}))
+        if run is not None:
+            if "callback" in kwargs:
+                kwargs["callback"] = run.watching(kwargs["callback"])
+            else:
+                args[3] = run.watching(args[3])
+        return executor(*args, **kwargs)
+
+    # -- PREDICT_NOISE: the decision, once per evaluation ---------------------
+    def predict_noise(self, executor, x, timestep, model_options={}, seed=None, **kwargs):
+        run = _run_state(model_options)
+        if run is None:
+            return executor(x, timestep, model_options, seed, **kwargs)
+        stage = cutdiffusion_stage(model_options, timestep)
+        if stage != run.stage:
+            run.new_denoiser(stage)
+        run.count_evaluation()
+        index = run.criterion.evaluations_seen
+        skip = run.criterion.decide(x, run.may_skip(float(timestep.reshape(-1)[0])))
+        if skip:
+            run.report.skipped += 1
+            run.report.skipped_at.append(index)
+            if not run.cond_eps:  # CutDiffusion stage 1: nothing below us is in this frame
+                return denoised_from_eps(x, run.cfg_eps, timestep)
+        else:
+            run.report.evaluated += 1
+            run.cond_eps = []
+        run.frame, run.call_index, run.skipping = x.shape, 0, skip
+        try:
+            out = executor(x, timestep, model_options, seed, **kwargs)
+        finally:
+            run.frame, run.skipping = None, False
+        if not skip:
+            run.cfg_eps = None if run.cond_eps else eps_from_denoised(x, out, timestep)
+        return out
+
+    # -- CALC_COND_BATCH: the per-slot cache ----------------------------------
+    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
+        run = _run_state(model_options)
+        if run is None or run.frame is None or x_in.shape != run.frame:
+            return executor(model, conds, x_in, timestep, model_options)  # not the sampler's frame
+        index = run.call_index
+        run.call_index += 1
+        if run.skipping:
+            cached = run.cond_eps[index] if index < len(run.cond_eps) else None
+            if cached is not None and [e is None for e in cached] == [c is None for c in conds]:
+                # An absent slot (uncond at cfg 1) is all zeros, as calc_cond_batch returns it.
+                return [denoised_from_eps(x_in, eps, timestep) if eps is not None else torch.zeros_like(x_in)
+                        for eps in cached]
+            # A call the last evaluation did not make (e.g. a hook changed the conds): run it.
+            return executor(model, conds, x_in, timestep, model_options)
+        out = executor(model, conds, x_in, timestep, model_options)
+        run.cond_eps.append([eps_from_denoised(x_in, o, timestep) if c is not None else None
+                             for c, o in zip(conds, out)])
+        return out
+
+
+def apply_adaptive(model, config: AdaptiveConfig, report: AdaptiveReport | None = None, node_id: str | None = None):
+    """Validate, then return a patched clone of `model` (the input is left untouched)."""
+    validate_config(config)
+    return AdaptivePatch(config, report, node_id).apply(model)
