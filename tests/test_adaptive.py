@@ -17,16 +17,6 @@ PX = 256             # 32x32 latents: the tiny model's "native" size in these te
 SKIPPY = 0.05        # the tiny random model skips nothing at 0.01 in 20-step runs (it does at 50: BENCHMARKS.md)
 
 
-@pytest.fixture(scope="module")
-def model():
-    return rt.tiny_sdxl(seed=0)
-
-
-@pytest.fixture(scope="module")
-def conds():
-    return rt.tiny_conds(seed=3)
-
-
 def adaptive(model, report=None, **config):
     return apply_adaptive(model, AdaptiveConfig(**config), report)
 

@@ -21,16 +21,6 @@ PATCH = 256
 NATIVE = PATCH // 8
 
 
-@pytest.fixture(scope="module")
-def model():
-    return rt.tiny_sdxl(seed=0)
-
-
-@pytest.fixture(scope="module")
-def conds():
-    return rt.tiny_conds(seed=3)
-
-
 # -- image to image -----------------------------------------------------------------------------
 
 def test_low_denoise_stays_close_to_the_input_and_says_it_skips_stage1(model, conds):

@@ -20,16 +20,6 @@ PATCH = 256          # px: the tiny tests' "native" size (32 latent px)
 NATIVE = PATCH // 8
 
 
-@pytest.fixture(scope="module")
-def model():
-    return rt.tiny_sdxl(seed=0)
-
-
-@pytest.fixture(scope="module")
-def conds():
-    return rt.tiny_conds(seed=3)
-
-
 EXACT_SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "uni_pc", "heun",
                   "lcm", "dpm_2"]
 
