@@ -1,4 +1,6 @@
 """The pack's ComfyUI nodes (V3 schema)."""
+from .adaptive import AdaptiveDiffusion
 from .cutdiffusion import CutDiffusion, CutDiffusionKSampler
+from .demo import CutDiffusionDemoDecode, CutDiffusionDemoModel
 
-NODES = [CutDiffusion, CutDiffusionKSampler]
+NODES = [CutDiffusion, CutDiffusionKSampler, AdaptiveDiffusion, CutDiffusionDemoModel, CutDiffusionDemoDecode]

@@ -1,0 +1,68 @@
+"""Demo nodes: the pack's tiny embedded model, so a graph runs on a CPU with no downloaded weights."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..cutdiff_core import demo_model
+
+CATEGORY = "sampling/cutdiffusion/demo"
+
+
+class CutDiffusionDemoModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CutDiffusionDemoModel",
+            display_name="CutDiffusion Demo Model",
+            category=CATEGORY,
+            description=f"The pack's tiny demo model (an SDXL-architecture UNet trained on procedural shapes, native "
+                        f"size {demo_model.NATIVE_SIZE_PX} px) with its prompt encoded: sample it like SDXL, "
+                        f"decode with CutDiffusion Demo Decode. A demo, not a real image model.",
+            inputs=[
+                io.String.Input("prompt", default="red circle on sand",
+                                tooltip="'[colour] [shape] [on background]', every part optional. Colours: "
+                                        f"{', '.join(demo_model.COLOURS)}; shapes: {', '.join(demo_model.SHAPES)}; "
+                                        f"backgrounds: {', '.join(demo_model.BACKGROUNDS)}."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="MODEL", tooltip="The demo UNet (SDXL conditioning, EPS, "
+                                f"native {demo_model.NATIVE_SIZE_PX} px)."),
+                io.Conditioning.Output(display_name="positive", tooltip="The prompt, with SDXL's pooled output."),
+                io.Conditioning.Output(display_name="negative", tooltip="The empty prompt (what CFG pushes away from)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, prompt: str) -> bool | str:
+        try:
+            demo_model.parse_prompt(prompt)
+        except ValueError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def execute(cls, prompt: str) -> io.NodeOutput:
+        demo = demo_model.load_demo_model()
+        return io.NodeOutput(demo.model, demo.text.conditioning(prompt), demo.text.conditioning(""))
+
+
+class CutDiffusionDemoDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CutDiffusionDemoDecode",
+            display_name="CutDiffusion Demo Decode",
+            category=CATEGORY,
+            description="Turn a latent of the CutDiffusion demo model into an image (the demo's stand-in for a VAE "
+                        "decoder: 8 px per latent pixel).",
+            inputs=[io.Latent.Input("samples", tooltip="A latent sampled with the CutDiffusion Demo Model.")],
+            outputs=[io.Image.Output(tooltip="The decoded image, 8x the latent's width and height.")],
+        )
+
+    @classmethod
+    def execute(cls, samples: dict) -> io.NodeOutput:
+        latent = samples["samples"]
+        if latent.ndim != 4 or latent.shape[1] != 4:
+            raise ValueError(f"CutDiffusion Demo Decode: expected a 4-channel image latent [B, 4, H, W] from the demo "
+                             f"model, got shape {tuple(latent.shape)}")
+        return io.NodeOutput(demo_model.load_decoder()(latent))
