@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="only print the table")
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md", help="the file to update")
     args = parser.parse_args()
-    comfy.utils.PROGRESS_BAR_ENABLED = False
+    comfy.utils.set_progress_bar_enabled(False)
     start = time.perf_counter()
     print(HEADER)
     rows = measure(args.seeds)

@@ -135,7 +135,7 @@ class Bench:
         rt.bootstrap(gpu=self.gpu)
         import comfy.utils
         from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import sample
-        comfy.utils.PROGRESS_BAR_ENABLED = False  # tqdm output and its cost are no part of what we measure
+        comfy.utils.set_progress_bar_enabled(False)  # tqdm output and its cost are no part of what we measure
         self._sample = sample
         if self.gpu:
             self.model, self.native_px = full_sdxl_fp16(), 1024

@@ -255,7 +255,7 @@ def eval_prompt(index: int) -> str:
 def evaluate(path: Path, seeds: int, steps: int, cfg: float, sampler: str):
     """Object counts of native-size samples of the file as the demo node loads it."""
     demo = dm.load_demo_model(path)
-    comfy.utils.PROGRESS_BAR_ENABLED = False  # 128 progress bars would bury the log
+    comfy.utils.set_progress_bar_enabled(False)  # 128 progress bars would bury the log
     negative = demo.text.conditioning("")
     counts = []
     for seed in range(seeds):
