@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]  # cutdiff_core without the pack's node registration
 import comfy_runtime as rt  # noqa: E402  (no comfy import may come before rt.bootstrap())
 from report import write_section  # noqa: E402
 
@@ -119,6 +119,7 @@ class UNetMeter:
 @dataclass
 class Result:
     method: Method
+    steps: int = 0
     evals: int = 0              # images through the UNet per generated image (both CFG halves)
     plan_evals: int = 0         # what the plan says, without AdaptiveDiffusion's skips
     calls: int = 0              # UNet forward calls: few large batches use a GPU best
@@ -132,9 +133,11 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.gpu = args.device == "cuda"
-        rt.bootstrap(gpu=self.gpu)
+        # A GPU machine may hold only torch: sample on ComfyUI's model-management layer without
+        # importing its nodes and executor (which need PyAV & co. and play no part in the timing).
+        rt.bootstrap(gpu=self.gpu, executor=False)
         import comfy.utils
-        from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import sample
+        from cutdiff_core.comfy_adapter import sample
         comfy.utils.set_progress_bar_enabled(False)  # tqdm output and its cost are no part of what we measure
         self._sample = sample
         if self.gpu:
@@ -148,9 +151,9 @@ class Bench:
 
     def patched(self, method: Method):
         """(model, CutDiffusion RunReport or None) for a method, patched as a user's graph would be."""
-        from comfyui_cutdiffusion.cutdiff_core.adaptive import AdaptiveConfig
-        from comfyui_cutdiffusion.cutdiff_core.adaptive_patch import apply_adaptive
-        from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion
+        from cutdiff_core.adaptive import AdaptiveConfig
+        from cutdiff_core.adaptive_patch import apply_adaptive
+        from cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion
         model, report = self.model, None
         if method.cut is not None:
             report = RunReport()
@@ -175,29 +178,63 @@ class Bench:
         self._sync()
         return time.perf_counter() - start
 
-    def measure_size(self, size: str, methods: list[Method]) -> list[Result]:
+    def measure_size(self, size: str, methods: list[Method], deadline: float | None = None) -> list[Result]:
+        """Time every method at one size. With a `deadline` (perf_counter seconds), the step count
+        is lowered, where needed, to what the warm-up runs say fits before it."""
         a = self.args
         models = [self.patched(m) for m in methods]
         results = [Result(m) for m in methods]
-        for model, _ in models:
-            self.run(model, size, min(WARMUP_STEPS, a.steps))
+        warm_steps = min(WARMUP_STEPS, a.steps)
+        per_step = sum(self.run(model, size, warm_steps) / warm_steps for model, _ in models)
         if self.gpu and self.model.model.model_lowvram:  # weights streamed per layer: not the model's speed
             raise RuntimeError("ComfyUI loaded the UNet only partially (lowvram); free GPU memory first")
+        steps = a.steps
+        if deadline is not None:
+            runs = a.repeats + (0 if self.gpu or not a.memory else 1)
+            # The warm-up includes one-off costs (kernel selection, allocator growth), so this errs short.
+            steps = min(steps, int(0.9 * (deadline - time.perf_counter()) / (runs * per_step)))
+            if steps < 2:
+                print(f"  {size}: skipped, {per_step:.1f} s per step of all methods does not fit the budget",
+                      file=sys.stderr, flush=True)
+                return []
+            if steps < a.steps:
+                print(f"  {size}: {steps} steps to fit the budget", file=sys.stderr, flush=True)
+        for result in results:
+            result.steps = steps
         for repeat in range(a.repeats):
             for result, (model, report) in zip(results, models):
                 if self.gpu and repeat == 0:
                     torch.cuda.reset_peak_memory_stats()
                     before = torch.cuda.memory_allocated()
-                wall = self.run(model, size, a.steps)
+                wall = self.run(model, size, steps)
                 if self.gpu and repeat == 0:
                     result.peak_mib = (torch.cuda.max_memory_allocated() - before) / 2 ** 20
                 result.walls.append(wall)
+                print(f"  {size} {result.method.label}: {wall:.2f} s, {self.meter.images} UNet images",
+                      file=sys.stderr, flush=True)
                 result.outside.append(max(0.0, wall - self.meter.inside_s) / wall)
                 result.evals, result.calls, result.max_batch = self.meter.images, self.meter.calls, self.meter.max_batch
-                result.plan_evals = plan_evaluations(report, a.steps)
+                result.plan_evals = plan_evaluations(report, steps)
         if not self.gpu and a.memory:  # a separate run: the profiler slows what it watches
             for result, (model, _) in zip(results, models):
-                result.peak_mib = cpu_peak_mib(lambda: self.run(model, size, a.steps))
+                result.peak_mib = cpu_peak_mib(lambda: self.run(model, size, steps))
+        return results
+
+    def peak_only(self, size: str, methods: list[Method]) -> list[Result]:
+        """Peak memory of a short run (one step per stage: each stage's largest batch is reached)."""
+        results = []
+        for method in methods:
+            model, _ = self.patched(method)
+            result = Result(method, steps=WARMUP_STEPS)
+            if self.gpu:
+                self.run(model, size, WARMUP_STEPS)  # allocator growth and kernel choice out of the way
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+                self.run(model, size, WARMUP_STEPS)
+                result.peak_mib = (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+            else:
+                result.peak_mib = cpu_peak_mib(lambda: self.run(model, size, WARMUP_STEPS))
+            results.append(result)
         return results
 
 
@@ -293,7 +330,8 @@ def setup_lines(args, bench: Bench) -> list[str]:
         memory = "not measured (--no-memory)"
     lines = [f"- model: {model}; native (patch) size {bench.native_px} px, window stride {stride} px, window batch "
              f"{args.window_batch or 'auto'}",
-             f"- sampling: {args.steps} steps, {args.sampler}/{args.scheduler}, cfg {args.cfg}, seed {args.seed}, "
+             f"- sampling: {args.steps} steps (fewer where a table says so: --budget-s), {args.sampler}/{args.scheduler}, "
+             f"cfg {args.cfg}, seed {args.seed}, "
              f"batch 1; wall time = median of {args.repeats} run(s) after a {WARMUP_STEPS}-step warm-up per method",
              f"- peak memory: {memory}"]
     lines.append(f"- command: `{' '.join(['python bench/perf_bench.py', *sys.argv[1:]])}`")
@@ -308,7 +346,8 @@ def size_table(size: str, native_px: int, results: list[Result]) -> list[str]:
     width, height = target_px(size, native_px)
     base = next((r for r in results if r.method.key == BASELINE), None)
     base_wall = statistics.median(base.walls) if base else None
-    lines = [f"### {width}x{height} px ({size}{' area' if size != 'pano' else ''})", "",
+    steps = results[0].steps
+    lines = [f"### {width}x{height} px ({size}{' area' if size != 'pano' else ''}), {steps} steps", "",
              "| method | UNet evals / image | plan | UNet calls | max batch | wall s | time vs MD | evals vs MD "
              "| plan evals vs MD | time vs evals | outside UNet | peak MiB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -327,13 +366,18 @@ def size_table(size: str, native_px: int, results: list[Result]) -> list[str]:
     return lines + [""]
 
 
-def memory_table(sizes: list[str], native_px: int, by_size: dict[str, list[Result]]) -> list[str]:
+def memory_table(native_px: int, by_size: dict[str, list[Result]]) -> list[str]:
+    sizes = sorted((s for s, results in by_size.items() if results),
+                   key=lambda s: math.prod(target_px(s, native_px)))
+    if not sizes:
+        return []
     header = " | ".join("{}x{}".format(*target_px(s, native_px)) + f" ({s})" for s in sizes)
     lines = ["### Peak memory by target size (MiB)", "", f"| method | {header} |",
              "|---|" + "---:|" * len(sizes)]
-    for i, result in enumerate(by_size[sizes[0]]):
-        cells = " | ".join(_fmt(by_size[s][i].peak_mib, ".1f") for s in sizes)
-        lines.append(f"| {result.method.label} | {cells} |")
+    labels = list(dict.fromkeys(r.method.label for s in sizes for r in by_size[s]))
+    for label in labels:
+        peaks = [next((r.peak_mib for r in by_size[s] if r.method.label == label), None) for s in sizes]
+        lines.append(f"| {label} | {' | '.join(_fmt(p, '.1f') for p in peaks)} |")
     return lines + [""]
 
 
@@ -344,7 +388,8 @@ LEGEND = ("UNet evals / image: images through the UNet per generated image, both
           "this run; evals vs MD: the same for counted evaluations; time vs evals: how much more the time ratio "
           "is than the evaluation ratio (0% = nothing but the model costs time; target within 5%). outside UNet: "
           "share of the wall time not inside the UNet's forward (our patches, ComfyUI's sampler, CFG and "
-          "conditioning; the direct-inference row is ComfyUI's own share).")
+          "conditioning; the direct-inference row is ComfyUI's own share). Peak memory of sizes without a table of "
+          f"their own (--memory-sizes) comes from one {WARMUP_STEPS}-step run (one step per stage).")
 
 
 # --------------------------------------------------------------------------- main
@@ -367,6 +412,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stride", type=int, default=0, help="window stride in px (0 = half the patch size)")
     p.add_argument("--window-batch", type=int, default=0, help="window_batch_size (0 = automatic)")
+    p.add_argument("--memory-sizes", default="",
+                   help="comma list of further sizes measured for peak memory only (one short run per method)")
+    p.add_argument("--budget-s", type=float, default=0.0,
+                   help="wall-time budget of the whole run in seconds (0 = none): a size whose runs would not "
+                        "fit gets fewer steps (said in its table), or is skipped")
     p.add_argument("--cpu", action="store_true", help="run the CPU benchmark even where CUDA is available")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="measure CPU peak memory (one more, profiled run per method and size)")
@@ -378,8 +428,11 @@ def parse_args(argv=None):
     args.repeats = args.repeats or (1 if args.device == "cuda" else 3)
     if args.steps < 2:
         p.error("--steps must be at least 2: one step per CutDiffusion stage")
-    args.sizes = (args.sizes or ("4x,16x" if args.device == "cuda" else "2x,4x,9x,pano")).split(",")
-    for size in args.sizes:
+    if args.sizes is None:
+        args.sizes = "4x,16x" if args.device == "cuda" else "2x,4x,9x,pano"
+    args.sizes = [s for s in args.sizes.split(",") if s]  # "" = memory sizes only
+    args.memory_sizes = [s for s in args.memory_sizes.split(",") if s]
+    for size in args.sizes + args.memory_sizes:
         if not re.fullmatch(r"pano|[1-9][0-9]*x", size):
             p.error(f"unknown size {size!r}")
     keys = [m.key for m in all_methods()]
@@ -390,20 +443,33 @@ def parse_args(argv=None):
     return args
 
 
+def report_body(args, bench: Bench, timed: dict, peaks: dict) -> str:
+    lines = ["Written by `bench/perf_bench.py`.", "", *machine_lines(args), *setup_lines(args, bench), "", LEGEND, ""]
+    for size, results in timed.items():
+        if results:
+            lines += size_table(size, bench.native_px, results)
+    if bench.gpu or args.memory:
+        lines += memory_table(bench.native_px, {**timed, **peaks})
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
+    started = time.perf_counter()
     args = parse_args(argv)
+    deadline = started + args.budget_s if args.budget_s > 0 else None
     bench = Bench(args)
     methods = [m for m in all_methods() if m.key in args.methods]
-    by_size = {}
+    timed, peaks = {}, {}
     for size in args.sizes:
         print(f"measuring {size} ...", file=sys.stderr, flush=True)
-        by_size[size] = bench.measure_size(size, methods)
-    lines = ["Written by `bench/perf_bench.py`.", "", *machine_lines(args), *setup_lines(args, bench), "", LEGEND, ""]
-    for size in args.sizes:
-        lines += size_table(size, bench.native_px, by_size[size])
+        timed[size] = bench.measure_size(size, methods, deadline)
+        if not args.no_write:  # after every size: a run cut short still leaves what it measured
+            write_section(SECTION, report_body(args, bench, timed, peaks), args.output)
     if bench.gpu or args.memory:
-        lines += memory_table(args.sizes, bench.native_px, by_size)
-    body = "\n".join(lines)
+        for size in args.memory_sizes:
+            print(f"peak memory at {size} ...", file=sys.stderr, flush=True)
+            peaks[size] = bench.peak_only(size, methods)
+    body = report_body(args, bench, timed, peaks)
     print(f"{SECTION}\n\n{body}")
     if not args.no_write:
         write_section(SECTION, body, args.output)

@@ -35,7 +35,7 @@ from report import machine_description, write_section  # noqa: E402
 
 HEADING = "## Repetition on the demo model (issues 4 and 6)"
 PROMPTS = ("red circle on sand", "blue square on grass", "yellow triangle on slate", "white ring on night",
-           "green cross on sand", "purple circle on slate", "orange square on night", "red ring on grass")
+           "purple cross on sand", "red square on slate", "blue triangle on night", "yellow ring on grass")
 NATIVE = dm.NATIVE_SIZE_PX
 TARGETS = {"4x area": (2 * NATIVE, 2 * NATIVE), "9x area": (3 * NATIVE, 3 * NATIVE),
            "1:2": (NATIVE, 2 * NATIVE), "2:1": (2 * NATIVE, NATIVE)}   # (width, height) px

@@ -36,7 +36,7 @@ from .patches import fold_patches, permute_patches, unfold_patches, unpermute_pa
 from .plan import LATENT_SCALE, Window, make_plan
 from .run_state import EXTRA_EVALUATIONS_AFTER_CALLBACK, RunReport, RunState
 from .size_cond import with_window_crops
-from .windows import WindowBlender, crop_windows, make_weights
+from .windows import WindowBlender, crop_windows, make_weights, tile_stack, untile_stack
 
 __all__ = ["CutDiffusionConfig", "CutDiffusionPatch", "RunReport", "apply_cutdiffusion", "cutdiffusion_stage",
            "native_size_px", "sample", "MAX_AUTO_WINDOW_BATCH", "RUN_KEY", "WRAPPER_KEY", "Window"]
@@ -295,21 +295,36 @@ class CutDiffusionPatch:
 
         # Shifted stage 2 works on the latent rolled by the step's offset; overlap has none.
         x_work = torch.roll(x_in, (-oy, -ox), (-2, -1)) if oy or ox else x_in
-        blenders = [WindowBlender(x_work, run.window_weights, run.blend_buffers_for(i, x_work))
-                    if c is not None else None for i, c in enumerate(conds)]
-        chunk = self._window_batch(model, x_in, windows[0], sum(c is not None for c in conds))
+        layout = run.plan.layout
+        # Shifted tiles cover each pixel once: one reshape cuts them out and one puts them back,
+        # instead of a crop and a weighted blend per tile (the average of one value is that value).
+        tiled = (layout.mode == "shifted" and len(layout.ys) * layout.win_h == x_in.shape[-2]
+                 and len(layout.xs) * layout.win_w == x_in.shape[-1])
+        rows, cols = len(layout.ys), len(layout.xs)
+        stack = tile_stack(x_work, rows, cols) if tiled else None
+        tile_outs: list[list[torch.Tensor]] = [[] for _ in conds]
+        blenders = [None if tiled or c is None else
+                    WindowBlender(x_work, run.window_weights, run.blend_buffers_for(i, x_work))
+                    for i, c in enumerate(conds)]
+        chunk = self._window_batch(run, model, x_in, windows[0], sum(c is not None for c in conds))
         for start in range(0, len(windows), chunk):
             comfy.model_management.throw_exception_if_processing_interrupted()
             part = windows[start:start + chunk]
             controls: dict = {}  # one cropped copy per control, shared by cond and uncond so they still batch
             window_conds = [self._window_conds(model, c, part, batch, x_in.shape[-2:], (oy, ox), run, controls)
                             for c in conds]
-            outs = executor(model, window_conds, crop_windows(x_work, part),
-                            _repeat_timestep(timestep, len(part)), model_options)
-            for blender, out in zip(blenders, outs):
-                if blender is not None:
+            x_part = stack[start * batch:(start + len(part)) * batch] if tiled else crop_windows(x_work, part)
+            outs = executor(model, window_conds, x_part, _repeat_timestep(timestep, len(part)), model_options)
+            for i, (blender, out) in enumerate(zip(blenders, outs)):
+                if tiled:
+                    tile_outs[i].append(out)
+                elif blender is not None:
                     blender.add(out, part)
-        results = [b.result() if b is not None else torch.zeros_like(x_in) for b in blenders]
+        if tiled:
+            results = [untile_stack(torch.cat(parts), rows, cols) if c is not None else torch.zeros_like(x_in)
+                       for c, parts in zip(conds, tile_outs)]
+        else:
+            results = [b.result() if b is not None else torch.zeros_like(x_in) for b in blenders]
         return [torch.roll(r, (oy, ox), (-2, -1)) for r in results] if oy or ox else results
 
     def _stage1_batches(self, run: RunState, executor, model, conds, x_in, timestep, model_options):
@@ -317,7 +332,7 @@ class CutDiffusionPatch:
         bounds stage 1's memory as it does stage 2's (the stack is patch-major: a batch of
         whole patches keeps every cond aligned with its images)."""
         per_patch = x_in.shape[0] // run.plan.grid.n
-        patches = self._window_batch(model, x_in[:per_patch], Window(0, 0, *x_in.shape[-2:]),
+        patches = self._window_batch(run, model, x_in[:per_patch], Window(0, 0, *x_in.shape[-2:]),
                                      sum(c is not None for c in conds))
         if patches >= run.plan.grid.n:
             return executor(model, conds, x_in, timestep, model_options)
@@ -329,13 +344,19 @@ class CutDiffusionPatch:
                                   model_options))
         return [torch.cat(outs) for outs in zip(*parts)]
 
-    def _window_batch(self, model, x_in, window: Window, cond_halves: int) -> int:
+    def _window_batch(self, run: RunState, model, x_in, window: Window, cond_halves: int) -> int:
         if self.config.window_batch_size > 0:
             return self.config.window_batch_size
-        free = comfy.model_management.get_free_memory(x_in.device)
-        per_window = model.memory_required([max(1, cond_halves) * x_in.shape[0], x_in.shape[1], window.h, window.w])
-        # Same 1.5x safety margin ComfyUI uses when it batches conds.
-        return int(max(1, min(MAX_AUTO_WINDOW_BATCH, free // (1.5 * per_window))))
+        # Sized once per run and shape: free memory hardly moves between steps, and asking for it
+        # (torch.cuda.memory_stats) costs host time on every step.
+        key = (window.h, window.w, tuple(x_in.shape[:2]), cond_halves, x_in.device)
+        if key not in run.window_batches:
+            free = comfy.model_management.get_free_memory(x_in.device)
+            per_window = model.memory_required([max(1, cond_halves) * x_in.shape[0], x_in.shape[1],
+                                                window.h, window.w])
+            # Same 1.5x safety margin ComfyUI uses when it batches conds.
+            run.window_batches[key] = int(max(1, min(MAX_AUTO_WINDOW_BATCH, free // (1.5 * per_window))))
+        return run.window_batches[key]
 
     @staticmethod
     def _window_conds(model, cond_list, windows: list[Window], batch: int, latent_hw, shift: tuple[int, int],

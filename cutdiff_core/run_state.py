@@ -70,6 +70,7 @@ class RunState:
     hint_cache: dict = field(default_factory=dict)
     blend_buffers: dict = field(default_factory=dict)   # full-size accumulators, reused every step
     crop_embeddings: dict = field(default_factory=dict)  # SDXL size embedding per crop value, on device
+    window_batches: dict = field(default_factory=dict)   # automatic window batch per window shape
 
     def blend_buffers_for(self, slot: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (slot, tuple(like.shape), like.dtype, like.device)

@@ -60,6 +60,17 @@ def crop_windows(x: torch.Tensor, windows: Sequence[Window]) -> torch.Tensor:
     return rearrange(torch.stack(crops), "k b c h w -> (k b) c h w")
 
 
+def tile_stack(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """`[B, C, rows*h, cols*w]` -> window-major stack of its contiguous tiles (row-major),
+    the same stack `crop_windows` makes for a tiling, in one copy instead of one per tile."""
+    return rearrange(x, "b c (p1 h) (p2 w) -> (p1 p2 b) c h w", p1=rows, p2=cols)
+
+
+def untile_stack(stack: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Inverse of `tile_stack`: tiles cover every pixel once, so no blending is needed."""
+    return rearrange(stack, "(p1 p2 b) c h w -> b c (p1 h) (p2 w)", p1=rows, p2=cols)
+
+
 class WindowBlender:
     """Accumulates denoised windows and returns their per-pixel weighted average."""
 
@@ -76,7 +87,12 @@ class WindowBlender:
     def add(self, stack: torch.Tensor, windows: Sequence[Window]) -> None:
         """Add a window-major stack of predictions (all windows of one size)."""
         per_window = rearrange(stack, "(k b) c h w -> k b c h w", k=len(windows))
+        uniform = self.weights is uniform_weights  # no weight tensor and product per window and step
         for win, pred in zip(windows, per_window):
+            if uniform:
+                self.total[:, :, win.y:win.y + win.h, win.x:win.x + win.w] += pred
+                self.weight[win.y:win.y + win.h, win.x:win.x + win.w] += 1
+                continue
             w = self.weights(win.h, win.w, pred.device, pred.dtype)
             self.total[:, :, win.y:win.y + win.h, win.x:win.x + win.w] += pred * w
             self.weight[win.y:win.y + win.h, win.x:win.x + win.w] += w

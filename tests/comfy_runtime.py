@@ -64,14 +64,21 @@ PACK_PARENT: str | None = None
 _bootstrapped = False
 
 
-def bootstrap(gpu: bool = False) -> None:
+def bootstrap(gpu: bool = False, executor: bool | None = None) -> None:
     """Start ComfyUI's backend in this process. Idempotent.
 
     CPU only unless `gpu` (the benchmark's CUDA path): then ComfyUI picks the GPU, with --highvram
     so that models stay loaded on it instead of being offloaded (or partially loaded) between runs.
+    `executor=False` stops short of ComfyUI's nodes and executor: enough for sampling on the
+    model-management layer, and it needs fewer packages (no PyAV), which is what a bare GPU
+    machine with only torch on it can offer the benchmark. None: True on the first call, and
+    later calls leave things as the first one made them.
     """
     global BASE, PACK_PARENT, _bootstrapped
     if _bootstrapped:
+        if executor is True:
+            import nodes  # noqa: F401  (an earlier bootstrap(executor=False) left them out)
+            import execution  # noqa: F401
         return
     if "comfy.cli_args" in sys.modules:
         raise RuntimeError(
@@ -118,8 +125,9 @@ def bootstrap(gpu: bool = False) -> None:
     import utils.extra_config  # noqa: F401  (see module docstring: must precede `import nodes`)
     import comfy.model_management as mm
     import comfy.utils  # noqa: F401
-    import nodes  # noqa: F401  (heavy: pulls in comfy.sd, samplers, ...)
-    import execution  # noqa: F401
+    if executor is not False:
+        import nodes  # noqa: F401  (heavy: pulls in comfy.sd, samplers, ...)
+        import execution  # noqa: F401
 
     if not gpu and (not args.cpu or mm.get_torch_device().type != "cpu"):
         raise RuntimeError(f"--cpu did not take effect (device: {mm.get_torch_device()})")

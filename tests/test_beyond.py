@@ -15,7 +15,8 @@ from helpers import CountingModel, run_cut
 
 from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
 from comfyui_cutdiffusion.cutdiff_core.plan import make_plan
-from comfyui_cutdiffusion.cutdiff_core.windows import WindowBlender, feathered_weights
+from comfyui_cutdiffusion.cutdiff_core.windows import (WindowBlender, crop_windows, feathered_weights, tile_stack,
+                                                       uniform_weights, untile_stack)
 
 PATCH = 256
 NATIVE = PATCH // 8
@@ -55,6 +56,22 @@ def test_shifted_tiles_cover_every_pixel_exactly_once(height, width):
             cover[rows[:, None], cols[None, :]] += 1
         assert bool((cover == 1).all())
     assert len(shifts) > 1  # the tiling really moves
+
+
+def test_tile_reshape_equals_cropping_and_blending_the_tiles():
+    """The shifted fast path (one reshape each way) is the crop-and-blend path, exactly."""
+    plan = make_plan(48, 64, 16, 16, 8, 8, [1.0, 0.5, 0.0], 0.5, 0.5, True, "shifted")
+    layout = plan.layout
+    windows = layout.windows()
+    rows, cols = len(layout.ys), len(layout.xs)
+    x = torch.randn(2, 4, 48, 64, generator=torch.Generator().manual_seed(3))
+    stack = tile_stack(x, rows, cols)
+    assert torch.equal(stack, crop_windows(x, windows))
+    predicted = stack * 1.7 - 0.3   # any per-tile model output
+    blender = WindowBlender(x, uniform_weights)
+    blender.add(predicted, windows)
+    assert torch.equal(untile_stack(predicted, rows, cols), blender.result())
+    assert torch.equal(untile_stack(stack, rows, cols), x)
 
 
 def test_shifted_stage2_evaluations_match_the_plan(model, conds):

@@ -1,5 +1,6 @@
 """CutDiffusion sampling against ComfyUI's own KSampler and independent references (tiny models, CPU)."""
 import copy
+import types
 
 import pytest
 import torch
@@ -169,8 +170,13 @@ def test_window_batches_bound_the_model_batch(model, conds, stage_split):
 
 def test_automatic_window_batch_is_sane(model):
     patch = comfy_adapter.CutDiffusionPatch(comfy_adapter.CutDiffusionConfig(), 1024)
-    chunk = patch._window_batch(model.model, torch.zeros(1, 4, 256, 256), comfy_adapter.Window(0, 0, 128, 128), 2)
+    run = types.SimpleNamespace(window_batches={})  # the one RunState field the sizing uses
+    x, window = torch.zeros(1, 4, 256, 256), comfy_adapter.Window(0, 0, 128, 128)
+    chunk = patch._window_batch(run, model.model, x, window, 2)
     assert 1 <= chunk <= comfy_adapter.MAX_AUTO_WINDOW_BATCH
+    # Sized once per run and window shape, not on every step.
+    assert list(run.window_batches.values()) == [chunk]
+    assert patch._window_batch(run, model.model, x, window, 2) == chunk and len(run.window_batches) == 1
 
 
 @pytest.mark.parametrize("scheduler", ["normal", "karras", "exponential"])
