@@ -2,7 +2,14 @@
 
     .venv/bin/python scripts/train_demo_model.py            # seed 0: the shipped file
 
-Recorded run (seed 0, defaults): TRAINING_RECORD below.
+Recorded run, the one that wrote the shipped file (seed 0, all defaults: 12000 steps, batch 24,
+lr 1e-3 with 2% warm-up and cosine decay, EMA 0.998, 1 torch thread): AMD EPYC, 2 cores (the other
+core busy with benchmarks part of the time), torch 2.14.1, ComfyUI 0.3.75, 2026-11-26. Training
+took 32.9 min (16.5 s per 100 steps); loss 1.355 at step 0, 0.011 at 2000, 0.004 at 6000, 0.003 at
+12000 (single batches, noisy). Native size, 64 seeds over the fixed prompt spread of eval_prompt():
+one object in 98% (20 euler steps, cfg 5; none 0%, mean count 1.02) and 97% (20 dpmpp_2m steps).
+File sha256 5c0ae299ff68e601b01b83b8647a544a5afc10f21fd5f1f8492fbd46d6ef7ce9. The earlier shipped
+model, 5000 steps (14.1 min), reached 88% / 80%: the longer cosine schedule is what got past 90%.
 
 Data, made on the fly from the seed: at native size (128 px, a 16 x 16 latent) every image holds
 exactly one object (circle, square, triangle, ring or cross; random size, position, rotation,
@@ -270,7 +277,7 @@ def evaluate(path: Path, seeds: int, steps: int, cfg: float, sampler: str):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=12000)
     parser.add_argument("--batch", type=int, default=24)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema-decay", type=float, default=0.998)

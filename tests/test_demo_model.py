@@ -47,9 +47,8 @@ def test_loaded_model_looks_like_sdxl_and_declares_its_native_size():
 
 
 def test_native_size_samples_mostly_hold_one_object():
-    """A regression guard on the shipped model's measured quality, not the goal: over these 64
-    fixed samples it draws exactly one object in 67% (12 steps; 72% at 20 steps) -- short of
-    issue 4's 90%, which this model does not reach yet."""
+    """Issue 4's bar: one object in at least 90% of native-size samples. The shipped model draws
+    exactly one in all 64 of these fixed samples (12 and 20 steps alike)."""
     import comfy.sample
 
     demo = dm.load_demo_model()
@@ -62,7 +61,7 @@ def test_native_size_samples_mostly_hold_one_object():
                                       demo.text.conditioning(prompt), demo.text.conditioning(""), latent,
                                       disable_pbar=True, seed=k)
         counts += [demo_metrics.count_objects(image) for image in demo.decoder(out).numpy()]
-    assert sum(c == 1 for c in counts) >= 0.6 * len(counts), counts
+    assert sum(c == 1 for c in counts) >= 0.9 * len(counts), counts
 
 
 def test_decode_gives_an_image_batch_in_range():
