@@ -119,16 +119,21 @@ HEADER = ("| method | one object | none | mean count | contrast vs native | seam
           "|---|---|---|---|---|---|---|---|")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The images' settings, shared with bench/repetition_diagnosis.py so both look at the same images."""
     parser.add_argument("--seeds", type=int, default=64, help="images per cell (spread over 8 prompts)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--scheduler", default="normal")
     parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--few-step", type=int, default=4, help="steps of the few-step (Turbo-style) rows")
     parser.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_sampling_arguments(parser)
+    parser.add_argument("--few-step", type=int, default=4, help="steps of the few-step (Turbo-style) rows")
     args = parser.parse_args()
     torch.manual_seed(0)
     demo = dm.load_demo_model()

@@ -39,7 +39,7 @@ from cutdiff_core import demo_model as dm  # noqa: E402
 from cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion  # noqa: E402
 from cutdiff_core.patches import unfold_patches  # noqa: E402
 from report import machine_description, write_section  # noqa: E402
-from repetition_bench import NATIVE, PROMPTS  # noqa: E402
+from repetition_bench import NATIVE, PROMPTS, add_sampling_arguments  # noqa: E402
 
 HEADING = "## Why CutDiffusion misses on the demo model (issue 4)"
 SIZE = 2 * NATIVE   # 4x area
@@ -234,13 +234,7 @@ def sizes(demo, result: Run, boxes) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=64, help="images per row (spread over 8 prompts)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=5.0)
-    parser.add_argument("--sampler", default="euler")
-    parser.add_argument("--scheduler", default="normal")
-    parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
+    add_sampling_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
