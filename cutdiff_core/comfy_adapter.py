@@ -36,7 +36,7 @@ from .patches import fold_patches, permute_patches, unfold_patches, unpermute_pa
 from .plan import LATENT_SCALE, Window, make_plan
 from .run_state import EXTRA_EVALUATIONS_AFTER_CALLBACK, RunReport, RunState
 from .size_cond import with_window_crops
-from .windows import WindowBlender, crop_windows, make_weights, tile_stack, untile_stack
+from .windows import TileCollector, WindowBlender, crop_windows, make_weights, tile_stack
 
 __all__ = ["CutDiffusionConfig", "CutDiffusionPatch", "RunReport", "apply_cutdiffusion", "cutdiffusion_stage",
            "native_size_px", "sample", "MAX_AUTO_WINDOW_BATCH", "RUN_KEY", "WRAPPER_KEY", "Window"]
@@ -298,14 +298,12 @@ class CutDiffusionPatch:
         layout = run.plan.layout
         # Shifted tiles cover each pixel once: one reshape cuts them out and one puts them back,
         # instead of a crop and a weighted blend per tile (the average of one value is that value).
-        tiled = (layout.mode == "shifted" and len(layout.ys) * layout.win_h == x_in.shape[-2]
-                 and len(layout.xs) * layout.win_w == x_in.shape[-1])
         rows, cols = len(layout.ys), len(layout.xs)
+        tiled = layout.mode == "shifted" and (rows * layout.win_h, cols * layout.win_w) == tuple(x_in.shape[-2:])
         stack = tile_stack(x_work, rows, cols) if tiled else None
-        tile_outs: list[list[torch.Tensor]] = [[] for _ in conds]
-        blenders = [None if tiled or c is None else
-                    WindowBlender(x_work, run.window_weights, run.blend_buffers_for(i, x_work))
-                    for i, c in enumerate(conds)]
+        assemblers = [None if c is None else TileCollector(rows, cols) if tiled else
+                      WindowBlender(x_work, run.window_weights, run.blend_buffers_for(i, x_work))
+                      for i, c in enumerate(conds)]
         chunk = self._window_batch(run, model, x_in, windows[0], sum(c is not None for c in conds))
         for start in range(0, len(windows), chunk):
             comfy.model_management.throw_exception_if_processing_interrupted()
@@ -315,16 +313,10 @@ class CutDiffusionPatch:
                             for c in conds]
             x_part = stack[start * batch:(start + len(part)) * batch] if tiled else crop_windows(x_work, part)
             outs = executor(model, window_conds, x_part, _repeat_timestep(timestep, len(part)), model_options)
-            for i, (blender, out) in enumerate(zip(blenders, outs)):
-                if tiled:
-                    tile_outs[i].append(out)
-                elif blender is not None:
-                    blender.add(out, part)
-        if tiled:
-            results = [untile_stack(torch.cat(parts), rows, cols) if c is not None else torch.zeros_like(x_in)
-                       for c, parts in zip(conds, tile_outs)]
-        else:
-            results = [b.result() if b is not None else torch.zeros_like(x_in) for b in blenders]
+            for assembler, out in zip(assemblers, outs):
+                if assembler is not None:
+                    assembler.add(out, part)
+        results = [a.result() if a is not None else torch.zeros_like(x_in) for a in assemblers]
         return [torch.roll(r, (oy, ox), (-2, -1)) for r in results] if oy or ox else results
 
     def _stage1_batches(self, run: RunState, executor, model, conds, x_in, timestep, model_options):

@@ -71,6 +71,22 @@ def untile_stack(stack: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return rearrange(stack, "(p1 p2 b) c h w -> b c (p1 h) (p2 w)", p1=rows, p2=cols)
 
 
+class TileCollector:
+    """WindowBlender's counterpart for a tiling (shifted stage 2): the tiles cover every pixel
+    once, so their predictions go back in place with one reshape instead of being blended."""
+
+    def __init__(self, rows: int, cols: int):
+        self.rows, self.cols = rows, cols
+        self.parts: list[torch.Tensor] = []
+
+    def add(self, stack: torch.Tensor, windows: Sequence[Window]) -> None:
+        """Add the next chunk of the tile stack (chunks arrive in tile order)."""
+        self.parts.append(stack)
+
+    def result(self) -> torch.Tensor:
+        return untile_stack(torch.cat(self.parts), self.rows, self.cols)
+
+
 class WindowBlender:
     """Accumulates denoised windows and returns their per-pixel weighted average."""
 

@@ -15,8 +15,8 @@ from helpers import CountingModel, run_cut
 
 from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
 from comfyui_cutdiffusion.cutdiff_core.plan import make_plan
-from comfyui_cutdiffusion.cutdiff_core.windows import (WindowBlender, crop_windows, feathered_weights, tile_stack,
-                                                       uniform_weights, untile_stack)
+from comfyui_cutdiffusion.cutdiff_core.windows import (TileCollector, WindowBlender, crop_windows, feathered_weights,
+                                                       tile_stack, uniform_weights, untile_stack)
 
 PATCH = 256
 NATIVE = PATCH // 8
@@ -70,7 +70,11 @@ def test_tile_reshape_equals_cropping_and_blending_the_tiles():
     predicted = stack * 1.7 - 0.3   # any per-tile model output
     blender = WindowBlender(x, uniform_weights)
     blender.add(predicted, windows)
+    collector = TileCollector(rows, cols)
+    for start in range(0, len(windows), 5):   # in chunks, as stage 2 sends them
+        collector.add(predicted[start * 2:(start + 5) * 2], windows[start:start + 5])
     assert torch.equal(untile_stack(predicted, rows, cols), blender.result())
+    assert torch.equal(collector.result(), blender.result())
     assert torch.equal(untile_stack(stack, rows, cols), x)
 
 
