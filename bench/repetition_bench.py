@@ -45,6 +45,8 @@ METHODS = {
     "CutDiffusion": CutDiffusionConfig(),
     "CutDiffusion, no pixel interaction": CutDiffusionConfig(pixel_interaction=False),
 }
+# Beyond the paper, at every target: stage 2 guided by the stage-1 patches (what the diagnosis pointed to).
+GUIDED = {"CutDiffusion, global_guidance 1": CutDiffusionConfig(global_guidance=1.0)}
 VARIANTS = {
     "CutDiffusion, shifted stage 2": CutDiffusionConfig(stage2_mode="shifted"),
     "CutDiffusion, feathered windows": CutDiffusionConfig(window_weights="feathered"),
@@ -148,7 +150,7 @@ def main() -> None:
     for target, (width, height) in TARGETS.items():
         plan = reference_plan(demo, width, height, args)
         lines += [f"### {target} ({width}x{height} px)", "", HEADER]
-        for name, config in {**METHODS, **(VARIANTS if target == "4x area" else {})}.items():
+        for name, config in {**METHODS, **GUIDED, **(VARIANTS if target == "4x area" else {})}.items():
             lines.append(row(name, run_cell(demo, config, width, height, args, plan), native_contrast))
             print(lines[-1], flush=True)
         lines.append("")

@@ -33,7 +33,7 @@ import comfy.utils
 from .config import MAX_AUTO_WINDOW_BATCH, CutDiffusionConfig, validate_config, validate_stride
 from .control_hints import crop_control
 from .patches import fold_patches, permute_patches, unfold_patches, unpermute_patches
-from .plan import LATENT_SCALE, Window, make_plan
+from .plan import LATENT_SCALE, Window, global_guidance_weight, make_plan
 from .run_state import EXTRA_EVALUATIONS_AFTER_CALLBACK, RunReport, RunState
 from .size_cond import with_window_crops
 from .windows import TileCollector, WindowBlender, crop_windows, make_weights, tile_stack
@@ -202,7 +202,7 @@ class CutDiffusionPatch:
         sigma_list = [float(s) for s in sigmas]
         plan = make_plan(noise.shape[-2], noise.shape[-1], self.native, self.native, self.stride, self.stride,
                          sigma_list, float(model_sampling.percent_to_sigma(cfg.stage_split)), cfg.stage_split,
-                         cfg.window_jitter, cfg.stage2_mode, cfg.min_stage1_steps)
+                         cfg.window_jitter, cfg.stage2_mode, cfg.min_stage1_steps, cfg.global_guidance > 0)
         report = self.report if self.report is not None else RunReport()
         report.plan, report.batch, report.notes = plan, noise.shape[0], []
         report.stage1_evaluations = report.stage2_evaluations = 0
@@ -317,7 +317,37 @@ class CutDiffusionPatch:
                 if assembler is not None:
                     assembler.add(out, part)
         results = [a.result() if a is not None else torch.zeros_like(x_in) for a in assemblers]
-        return [torch.roll(r, (oy, ox), (-2, -1)) for r in results] if oy or ox else results
+        if oy or ox:
+            results = [torch.roll(r, (oy, ox), (-2, -1)) for r in results]
+        if run.plan.global_guidance:
+            results = self._guide_by_patches(run, executor, model, conds, x_in, timestep, model_options, results)
+        return results
+
+    def _guide_by_patches(self, run: RunState, executor, model, conds, x_in, timestep, model_options, local):
+        """Beyond the paper: mix the stage-1 patches' prediction of the whole image into the
+        windows' (global_guidance). Stage-2 windows see only part of an enlarged subject and
+        invent small new ones around it; the strided patches each see the whole layout."""
+        stage2_step = run.eval_step - run.plan.stage1_steps
+        weight = global_guidance_weight(self.config.global_guidance, stage2_step, run.plan.stage2_steps)
+        grid = run.plan.grid
+        stack = unfold_patches(x_in, grid.rows, grid.cols)
+        perm = None
+        if self.config.pixel_interaction:
+            perm = run.permutation(stack.shape, stack.device)
+            stack = permute_patches(stack, perm)
+        outs = self._stage1_batches(run, executor, model, conds, stack, _repeat_timestep(timestep, grid.n),
+                                    model_options)
+        run.report.stage1_evaluations += stack.shape[0]
+        mixed = []
+        for out, window_pred, cond in zip(outs, local, conds):
+            if cond is None:
+                mixed.append(window_pred)
+                continue
+            if perm is not None:
+                out = unpermute_patches(out, perm)
+            # Not torch.lerp: at weight 1 this is the patches' prediction exactly.
+            mixed.append(weight * fold_patches(out, grid.rows, grid.cols) + (1.0 - weight) * window_pred)
+        return mixed
 
     def _stage1_batches(self, run: RunState, executor, model, conds, x_in, timestep, model_options):
         """The patch stack in batches of `window_batch_size` patches, so a small window batch

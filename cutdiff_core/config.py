@@ -21,12 +21,14 @@ class CutDiffusionConfig:
     stage2_mode: str = "overlap"       # "overlap" (MultiDiffusion, the paper) or "shifted" (non-overlapping)
     window_weights: str = "uniform"    # "uniform" (MultiDiffusion) or "feathered"
     min_stage1_steps: int = 0          # force stage 1 even when denoise starts below the split
+    global_guidance: float = 0.0       # 0 = the paper; >0: stage 2 mixes in the stage-1 patches' prediction
 
 
 RANGES = {
     "patch_size": (0, 16384),
     "window_stride": (0, 16384),
     "stage_split": (0.0, 1.0),
+    "global_guidance": (0.0, 1.0),
     "window_batch_size": (0, 256),
     "min_stage1_steps": (0, 10000),
 }

@@ -29,7 +29,8 @@ class RunReport:
     """What one sampling run did; filled by the patch, read by the node that ran it."""
     plan: Plan | None = None
     batch: int = 0
-    stage1_evaluations: int = 0   # patch images through the denoiser (per CFG half)
+    stage1_evaluations: int = 0   # patch images through the denoiser (per CFG half; with global guidance
+                                  # also those made in stage 2)
     stage2_evaluations: int = 0   # window images through the denoiser (per CFG half)
     stage2_windows_per_step: list[int] = field(default_factory=list)   # the drawn stage-2 schedule
     notes: list[str] = field(default_factory=list)

@@ -47,15 +47,21 @@ def patch_inputs() -> list:
                      tooltip="Force at least this many stage-1 steps. Image-to-image with a low denoise starts below "
                              "the stage split and then runs stage 2 only (detail refinement, the input's layout "
                              "kept); raise this to let stage 1 rework the global structure too."),
+        io.Float.Input("global_guidance", default=0.0, min=0.0, max=1.0, step=0.05,
+                       tooltip="Beyond the paper, off (0) by default. Stage 2 also runs the stage-1 patches and "
+                               "mixes their whole-image prediction into the windows', with this weight at the "
+                               "split fading to 0 at the end. Use it if subjects still repeat or small copies "
+                               "appear around a large one (1 = strongest); costs one patch set per stage-2 step."),
     ]
 
 
 def _config(patch_size, window_stride, stage_split, window_batch_size, window_jitter, pixel_interaction,
-            stage2_mode, window_weights, min_stage1_steps):
+            stage2_mode, window_weights, min_stage1_steps, global_guidance):
     return CutDiffusionConfig(patch_size=patch_size, window_stride=window_stride, stage_split=stage_split,
                               window_batch_size=window_batch_size, window_jitter=window_jitter,
                               pixel_interaction=pixel_interaction, stage2_mode=stage2_mode,
-                              window_weights=window_weights, min_stage1_steps=min_stage1_steps)
+                              window_weights=window_weights, min_stage1_steps=min_stage1_steps,
+                              global_guidance=global_guidance)
 
 
 class CutDiffusion(io.ComfyNode):

@@ -14,7 +14,7 @@ import comfy_runtime as rt
 from helpers import CountingModel, run_cut
 
 from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
-from comfyui_cutdiffusion.cutdiff_core.plan import make_plan
+from comfyui_cutdiffusion.cutdiff_core.plan import global_guidance_weight, make_plan
 from comfyui_cutdiffusion.cutdiff_core.windows import (TileCollector, WindowBlender, crop_windows, feathered_weights,
                                                        tile_stack, uniform_weights, untile_stack)
 
@@ -90,6 +90,53 @@ def test_shifted_stage2_evaluations_match_the_plan(model, conds):
     assert report.stage2_windows_per_step == [4] * plan.stage2_steps
     assert counter.images == 2 * (plan.stage1_steps + plan.stage2_steps) * 4 == plan.model_evaluations()
     assert set(counter.shapes) == {(8, 4, NATIVE, NATIVE)} and torch.isfinite(got).all()
+
+
+# -- global guidance in stage 2 -------------------------------------------------------------------
+
+def test_global_guidance_weight_fades_from_its_strength_to_near_zero():
+    weights = [global_guidance_weight(0.8, s, 10) for s in range(10)]
+    assert weights[0] == 0.8
+    assert all(a > b > 0 for a, b in zip(weights, weights[1:]))
+    assert weights[-1] < 0.5 * weights[0]
+    assert global_guidance_weight(0.0, 3, 10) == 0.0
+
+
+def test_full_global_guidance_on_a_single_stage2_step_is_stage1(model, conds):
+    """Two steps, one per stage: the only stage-2 step has weight 1, so its prediction is the
+    patches' alone -- the same as running stage 1 to the end (same permutation stream)."""
+    latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
+    guided, report = run_cut(model, latent, steps=2, conds=conds, patch_size=PATCH, global_guidance=1.0)
+    stage1_only, _ = run_cut(model, latent, steps=2, conds=conds, patch_size=PATCH, stage_split=1.0)
+    plain, _ = run_cut(model, latent, steps=2, conds=conds, patch_size=PATCH)
+    assert (report.plan.stage1_steps, report.plan.stage2_steps) == (1, 1)
+    assert torch.equal(guided, stage1_only)
+    assert not torch.allclose(guided, plain)
+
+
+@pytest.mark.parametrize("mode", ["overlap", "shifted"])
+def test_global_guidance_evaluations_match_the_plan(model, conds, mode):
+    counter = CountingModel(model)
+    try:
+        got, report = run_cut(model, rt.empty_latent(2 * PATCH, 2 * PATCH), steps=6, conds=conds, patch_size=PATCH,
+                              stage2_mode=mode, global_guidance=0.5)
+    finally:
+        counter.close()
+    plan = report.plan
+    assert plan.global_guidance
+    windows = sum(report.stage2_windows_per_step)
+    # Every stage-2 step also evaluates the 4 patches; both CFG halves.
+    assert counter.images == 2 * (plan.steps * 4 + windows) == plan.model_evaluations()
+    assert report.stage1_evaluations == plan.steps * 4 and torch.isfinite(got).all()   # per CFG half
+    # At the native size there is one patch: nothing to guide with, no extra evaluations.
+    native, native_report = run_cut(model, rt.empty_latent(PATCH, PATCH), steps=4, conds=conds, patch_size=PATCH,
+                                    global_guidance=0.5)
+    assert not native_report.plan.global_guidance
+
+
+def test_global_guidance_out_of_range_is_a_clear_error(model):
+    with pytest.raises(ValueError, match=r"global_guidance.*\[0\.0, 1\.0\]"):
+        comfy_adapter.apply_cutdiffusion(model, comfy_adapter.CutDiffusionConfig(global_guidance=1.5))
 
 
 # -- feathered blending ---------------------------------------------------------------------------
