@@ -263,21 +263,30 @@ class CutDiffusionPatch:
             run.eval_step = None
 
     def _stage1(self, run: RunState, executor, x, timestep, model_options, seed, **kwargs):
-        grid = run.plan.grid
-        stack = unfold_patches(x, grid.rows, grid.cols)
-        perm = None
-        if self.config.pixel_interaction and grid.n > 1:
-            perm = run.permutation(stack.shape, stack.device)
-            stack = permute_patches(stack, perm)
+        stack, perm = self._patch_stack(run, x)
         run.inside_stage1 = True
         try:
-            out = executor(stack, _repeat_timestep(timestep, grid.n), model_options, seed, **kwargs)
+            out = executor(stack, _repeat_timestep(timestep, run.plan.grid.n), model_options, seed, **kwargs)
         finally:
             run.inside_stage1 = False
+        return self._patches_to_image(run, out, perm)
+
+    def _patch_stack(self, run: RunState, x):
+        """The strided patch stack of `x`, pixels exchanged across patches; (stack, permutation or None)."""
+        grid = run.plan.grid
+        stack = unfold_patches(x, grid.rows, grid.cols)
         run.report.stage1_evaluations += stack.shape[0]
+        if not (self.config.pixel_interaction and grid.n > 1):
+            return stack, None
+        perm = run.permutation(stack.shape, stack.device)
+        return permute_patches(stack, perm), perm
+
+    @staticmethod
+    def _patches_to_image(run: RunState, out, perm):
+        """Pixel relocation of a patch-stack prediction back into the full-size frame."""
         if perm is not None:
             out = unpermute_patches(out, perm)
-        return fold_patches(out, grid.rows, grid.cols)
+        return fold_patches(out, run.plan.grid.rows, run.plan.grid.cols)
 
     # -- CALC_COND_BATCH: stage 2 (and stage-1 batching) -------------------
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
@@ -329,25 +338,13 @@ class CutDiffusionPatch:
         invent small new ones around it; the strided patches each see the whole layout."""
         stage2_step = run.eval_step - run.plan.stage1_steps
         weight = global_guidance_weight(self.config.global_guidance, stage2_step, run.plan.stage2_steps)
-        grid = run.plan.grid
-        stack = unfold_patches(x_in, grid.rows, grid.cols)
-        perm = None
-        if self.config.pixel_interaction:
-            perm = run.permutation(stack.shape, stack.device)
-            stack = permute_patches(stack, perm)
-        outs = self._stage1_batches(run, executor, model, conds, stack, _repeat_timestep(timestep, grid.n),
+        stack, perm = self._patch_stack(run, x_in)
+        outs = self._stage1_batches(run, executor, model, conds, stack, _repeat_timestep(timestep, run.plan.grid.n),
                                     model_options)
-        run.report.stage1_evaluations += stack.shape[0]
-        mixed = []
-        for out, window_pred, cond in zip(outs, local, conds):
-            if cond is None:
-                mixed.append(window_pred)
-                continue
-            if perm is not None:
-                out = unpermute_patches(out, perm)
-            # Not torch.lerp: at weight 1 this is the patches' prediction exactly.
-            mixed.append(weight * fold_patches(out, grid.rows, grid.cols) + (1.0 - weight) * window_pred)
-        return mixed
+        # Not torch.lerp: at weight 1 this is the patches' prediction exactly.
+        return [window_pred if cond is None else
+                weight * self._patches_to_image(run, out, perm) + (1.0 - weight) * window_pred
+                for out, window_pred, cond in zip(outs, local, conds)]
 
     def _stage1_batches(self, run: RunState, executor, model, conds, x_in, timestep, model_options):
         """The patch stack in batches of `window_batch_size` patches, so a small window batch
