@@ -61,6 +61,12 @@ class CountingModel:
     def close(self):
         self._handle.remove()
 
+    def __enter__(self) -> "CountingModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 # --------------------------------------------------------------------------- references
 

@@ -197,12 +197,10 @@ def test_skipped_step_reuses_both_cfg_halves_at_the_current_latent(model, conds)
 
 
 def test_cfg_one_skips_with_the_absent_uncond(model, conds):
-    report, counter = AdaptiveReport(), CountingModel(model)
-    try:
+    report = AdaptiveReport()
+    with CountingModel(model) as counter:
         rt.ksampler(adaptive(model, report, threshold=SKIPPY), 2, 20, 1.0, "euler", "normal", *conds,
                     rt.empty_latent(PX, PX))
-    finally:
-        counter.close()
     assert report.skipped > 0 and counter.images == report.evaluated   # no uncond at cfg 1
 
 

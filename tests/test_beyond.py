@@ -79,12 +79,9 @@ def test_tile_reshape_equals_cropping_and_blending_the_tiles():
 
 
 def test_shifted_stage2_evaluations_match_the_plan(model, conds):
-    counter = CountingModel(model)
-    try:
+    with CountingModel(model) as counter:
         got, report = run_cut(model, rt.empty_latent(2 * PATCH, 2 * PATCH), steps=6, conds=conds, patch_size=PATCH,
                               stage2_mode="shifted", window_batch_size=4)
-    finally:
-        counter.close()
     plan = report.plan
     # Shifted tiles: n = 4 per step instead of the 9 overlapping windows, all of one size.
     assert report.stage2_windows_per_step == [4] * plan.stage2_steps
@@ -116,12 +113,9 @@ def test_full_global_guidance_on_a_single_stage2_step_is_stage1(model, conds):
 
 @pytest.mark.parametrize("mode", ["overlap", "shifted"])
 def test_global_guidance_evaluations_match_the_plan(model, conds, mode):
-    counter = CountingModel(model)
-    try:
+    with CountingModel(model) as counter:
         got, report = run_cut(model, rt.empty_latent(2 * PATCH, 2 * PATCH), steps=6, conds=conds, patch_size=PATCH,
                               stage2_mode=mode, global_guidance=0.5)
-    finally:
-        counter.close()
     plan = report.plan
     assert plan.global_guidance
     windows = sum(report.stage2_windows_per_step)
@@ -249,11 +243,8 @@ def test_other_patches_compose_in_either_order(model, conds, name, cut_first):
     other = OTHER_PATCHES[name]
     latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
     both = other(_cut(model)) if cut_first else _cut(other(model))
-    counter = CountingModel(model)
-    try:
+    with CountingModel(model) as counter:
         combined = _sample(both, conds, latent)
-    finally:
-        counter.close()
     cut_only = _sample(_cut(model), conds, latent)
     assert torch.isfinite(combined).all()
     # Neither patch is silently disabled: the result differs from CutDiffusion alone, and

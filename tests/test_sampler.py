@@ -95,12 +95,9 @@ def test_size_conditioning_reaching_the_model(model, conds):
     h_px, w_px = 2 * PATCH, 3 * PATCH
     latent = rt.empty_latent(w_px, h_px)
     embed = model.model.embedder
-    counter = CountingModel(model)
-    try:
+    with CountingModel(model) as counter:
         _, report = run_cut(model, latent, seed=2, steps=2, conds=conds, patch_size=PATCH, window_jitter=False,
                             window_batch_size=1)
-    finally:
-        counter.close()
     assert report.plan.stage1_steps == 1
     n = report.plan.grid.n
     emb = lambda v: embed(torch.tensor([float(v)]))[0]
@@ -136,11 +133,8 @@ def _expected_t1(model, sampler, steps, split=0.5):
 def test_model_evaluations_match_the_plan(model, conds, sampler, evals_per_step):
     latent = rt.empty_latent(2 * PATCH, 2 * PATCH)    # n = 4 patches, 9 windows
     t1, steps = _expected_t1(model, sampler, 6)
-    counter = CountingModel(model)
-    try:
+    with CountingModel(model) as counter:
         run_cut(model, latent, seed=1, steps=6, sampler=sampler, conds=conds, patch_size=PATCH, window_batch_size=3)
-    finally:
-        counter.close()
     n, windows, cfg_halves = 4, 9, 2
     # Two-evaluation samplers make one evaluation in the last step (sigma_next = 0).
     stage1_calls = t1 * evals_per_step
@@ -158,12 +152,9 @@ def test_window_batches_bound_the_model_batch(model, conds, stage_split):
     # nor with the patch count (stage 1 is batched by window_batch_size too).
     largest = []
     for size in (2 * PATCH, 3 * PATCH):
-        counter = CountingModel(model)
-        try:
+        with CountingModel(model) as counter:
             run_cut(model, rt.empty_latent(size, size), seed=1, steps=2, conds=conds, patch_size=PATCH,
                     stage_split=stage_split, window_batch_size=2)
-        finally:
-            counter.close()
         largest.append(max(counter.batches))
     assert largest == [2 * 2, 2 * 2]
 
@@ -198,12 +189,9 @@ def test_sdxl_normal_50_steps_is_the_reference_25_25(model):
 
 @pytest.mark.parametrize("scheduler", ["normal", "karras", "exponential", "sgm_uniform"])
 def test_two_step_runs_give_each_stage_a_step(model, conds, scheduler):
-    counter = CountingModel(model)
-    try:
+    with CountingModel(model) as counter:
         _, report = run_cut(model, rt.empty_latent(2 * PATCH, 2 * PATCH), steps=2, scheduler=scheduler, conds=conds,
                             patch_size=PATCH, stage_split=0.5)
-    finally:
-        counter.close()
     assert report.plan.stage1_steps == 1 and report.plan.stage2_steps == 1
     assert counter.batches[0] == 2 * 4 and counter.images == 2 * (4 + 9)
 
