@@ -204,11 +204,9 @@ class Bench:
         for repeat in range(a.repeats):
             for result, (model, report) in zip(results, models):
                 if self.gpu and repeat == 0:
-                    torch.cuda.reset_peak_memory_stats()
-                    before = torch.cuda.memory_allocated()
-                wall = self.run(model, size, steps)
-                if self.gpu and repeat == 0:
-                    result.peak_mib = (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+                    wall, result.peak_mib = gpu_peak_mib(lambda: self.run(model, size, steps))
+                else:
+                    wall = self.run(model, size, steps)
                 result.walls.append(wall)
                 print(f"  {size} {result.method.label}: {wall:.2f} s, {self.meter.images} UNet images",
                       file=sys.stderr, flush=True)
@@ -228,10 +226,7 @@ class Bench:
             result = Result(method, steps=WARMUP_STEPS)
             if self.gpu:
                 self.run(model, size, WARMUP_STEPS)  # allocator growth and kernel choice out of the way
-                torch.cuda.reset_peak_memory_stats()
-                before = torch.cuda.memory_allocated()
-                self.run(model, size, WARMUP_STEPS)
-                result.peak_mib = (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+                _, result.peak_mib = gpu_peak_mib(lambda: self.run(model, size, WARMUP_STEPS))
             else:
                 result.peak_mib = cpu_peak_mib(lambda: self.run(model, size, WARMUP_STEPS))
             results.append(result)
@@ -240,11 +235,13 @@ class Bench:
 
 def plan_evaluations(report, steps: int) -> int:
     """Spec 3.6 from the run's own plan (both CFG halves, one image, first-order sampler):
-    T1 * n + the stage-2 windows actually drawn (shifted tiles vary per step); direct: T."""
+    T1 * n + the stage-2 windows actually drawn (shifted tiles vary per step), + n per stage-2
+    step with global guidance; direct: T."""
     if report is None:
         return 2 * steps
     plan = report.plan
-    return 2 * (plan.stage1_steps * plan.grid.n + sum(report.stage2_windows_per_step))
+    guided = plan.stage2_steps * plan.grid.n if plan.global_guidance else 0
+    return 2 * (plan.stage1_steps * plan.grid.n + sum(report.stage2_windows_per_step) + guided)
 
 
 def full_sdxl_fp16():
@@ -268,7 +265,15 @@ def full_sdxl_fp16():
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
 
 
-# --------------------------------------------------------------------------- CPU memory
+# --------------------------------------------------------------------------- memory
+
+
+def gpu_peak_mib(run):
+    """(run()'s result, CUDA peak allocated during it above the allocation before it, in MiB)."""
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    value = run()
+    return value, (torch.cuda.max_memory_allocated() - before) / 2 ** 20
 
 
 def cpu_peak_mib(run) -> float:
