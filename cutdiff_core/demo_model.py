@@ -10,8 +10,9 @@ scripts/train_demo_model.py):
   (every part optional, "" = unconditional); each part is one learned embedding row, giving
   a context ``[1, 3, 64]`` and a pooled vector ``[1, 1280]`` (the sum of the parts' rows).
 - ``decoder.*``: there is no VAE. The latent of an image is its 8x8-block mean colour and
-  texture strength, mixed by a fixed orthogonal 4x4 matrix (``LATENT_MIX``); the decoder is
-  the inverse mix, a bilinear x8 upsampling and a fixed grain scaled by the texture strength.
+  texture strength, mixed by a fixed 4x4 Hadamard matrix (``LATENT_MIX``: about unit-variance
+  latents, as SDXL's); the decoder is the inverse mix, a bilinear x8 upsampling and a fixed
+  grain scaled by the texture strength.
 
 Unlike the rest of cutdiff_core, this module imports ComfyUI (it builds ComfyUI objects).
 """
@@ -57,13 +58,18 @@ CONTEXT_DIM = 64
 POOLED_DIM = 1280  # SDXL's pooled text embedding
 
 # Latent channel k = sum_j LATENT_MIX[k, j] * feature_j, features = (2r-1, 2g-1, 2b-1, 2t-1):
-# a symmetric orthogonal (Hadamard / 2) mix, so every channel carries colour and texture.
+# a symmetric Hadamard mix (2 x an orthogonal matrix), so every channel carries colour and
+# texture. The factor 2 gives the data's latents about unit variance (1.08), as SDXL's scale
+# factor gives its VAE latents: SDXL's noise schedule assumes that scale, and with half of it
+# (the Hadamard / 2 of models before 2026-11-26) every noise level destroyed 4x more of the
+# image than it does for SDXL, so a split at half the timesteps sat at a quarter of SDXL's
+# signal-to-noise ratio there.
 LATENT_MIX = torch.tensor([
     [1.0, 1.0, 1.0, 1.0],
     [1.0, -1.0, 1.0, -1.0],
     [1.0, 1.0, -1.0, -1.0],
     [1.0, -1.0, -1.0, 1.0],
-]) / 2
+])
 
 # The UNet, in the keys comfy.model_detection produces: SDXL's layout (no attention at the
 # highest resolution, a linear-in transformer), small enough for an 8 MB fp16 file.
