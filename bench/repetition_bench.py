@@ -7,9 +7,10 @@ above native every extra object is repetition (MultiDiffusion's failure) and a
 missing or washed-out one is lost structure. Per method and target size it
 reports the fraction of images with exactly one object and with none, the mean
 object count, the object's contrast against the background relative to
-native-size samples of the same prompts, and a seam score (gradient energy on
-the stage-2 window borders over elsewhere; 1 = no seam). Then a stage_split
-sweep at 4x area, the beyond-the-paper stage-2 variants, and a few-step run.
+native-size samples of the same prompts, the object's aspect (1 = not stretched),
+and a seam score (gradient energy on the stage-2 window borders over elsewhere;
+1 = no seam). Then a stage_split sweep at 4x area, the beyond-the-paper variants
+(stage 2 at 4x area, keep_aspect at 1:2 and 2:1), and a few-step run.
 """
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ METHODS = {
 }
 # Beyond the paper, at every target: stage 2 guided by the stage-1 patches (what the diagnosis pointed to).
 GUIDED = {"CutDiffusion, global_guidance 1": CutDiffusionConfig(global_guidance=1.0)}
+# Beyond the paper, at the non-square targets: one patch stride on both axes (no stretched subject).
+ASPECT = {"CutDiffusion, keep_aspect": CutDiffusionConfig(keep_aspect=True),
+          "CutDiffusion, keep_aspect + global_guidance 1": CutDiffusionConfig(keep_aspect=True, global_guidance=1.0)}
 VARIANTS = {
     "CutDiffusion, shifted stage 2": CutDiffusionConfig(stage2_mode="shifted"),
     "CutDiffusion, feathered windows": CutDiffusionConfig(window_weights="feathered"),
@@ -60,6 +64,7 @@ class Cell:
     counts: list[int] = field(default_factory=list)
     contrasts: list[float] = field(default_factory=list)
     seams: list[float] = field(default_factory=list)
+    aspects: list[float] = field(default_factory=list)
     stage1_steps: int | None = None
     seconds: float = 0.0
 
@@ -95,6 +100,7 @@ def run_cell(demo, config, width, height, args, seams_from) -> Cell:
         for image in images:
             cell.counts.append(metrics.count_objects(image))
             cell.contrasts.append(metrics.object_contrast(image))
+            cell.aspects.append(metrics.object_aspect(image))
             if rows[1:-1] or cols[1:-1]:
                 cell.seams.append(metrics.seam_score(image, rows, cols))
     cell.seconds = time.perf_counter() - start
@@ -113,12 +119,12 @@ def row(name: str, cell: Cell, native_contrast: float, extra: str = "") -> str:
     contrast = np.mean(cell.contrasts) / native_contrast
     seam = f"{np.mean(cell.seams):.2f}" if cell.seams else "—"
     t1 = "—" if cell.stage1_steps is None else str(cell.stage1_steps)
-    return (f"| {name}{extra} | {s.one:.0%} | {s.none:.0%} | {s.mean:.2f} | {contrast:.2f} | {seam} | {t1} | "
-            f"{cell.seconds:.0f} s |")
+    return (f"| {name}{extra} | {s.one:.0%} | {s.none:.0%} | {s.mean:.2f} | {contrast:.2f} | "
+            f"{np.nanmedian(cell.aspects):.2f} | {seam} | {t1} | {cell.seconds:.0f} s |")
 
 
-HEADER = ("| method | one object | none | mean count | contrast vs native | seam score | stage-1 steps | time |\n"
-          "|---|---|---|---|---|---|---|---|")
+HEADER = ("| method | one object | none | mean count | contrast vs native | aspect | seam score | stage-1 steps | "
+          "time |\n|---|---|---|---|---|---|---|---|---|")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,11 +152,14 @@ def main() -> None:
     lines = [f"`bench/repetition_bench.py` on {machine_description()}.",
              f"Demo model (native {NATIVE} px), {len(native.counts)} images per cell over {len(PROMPTS)} prompts, "
              f"{args.steps} {args.sampler}/{args.scheduler} steps, cfg {args.cfg}. Native size: "
-             f"{metrics.summarise_counts(native.counts)}.", ""]
+             f"{metrics.summarise_counts(native.counts)}, median aspect {np.nanmedian(native.aspects):.2f}.",
+             "Aspect: the largest object's height over width from its second moments, median over the cell (all "
+             "five shapes score 1 at any rotation; 2 = drawn twice as tall as wide).", ""]
     for target, (width, height) in TARGETS.items():
         plan = reference_plan(demo, width, height, args)
         lines += [f"### {target} ({width}x{height} px)", "", HEADER]
-        for name, config in {**METHODS, **GUIDED, **(VARIANTS if target == "4x area" else {})}.items():
+        extra = VARIANTS if target == "4x area" else ASPECT if width != height else {}
+        for name, config in {**METHODS, **GUIDED, **extra}.items():
             lines.append(row(name, run_cell(demo, config, width, height, args, plan), native_contrast))
             print(lines[-1], flush=True)
         lines.append("")

@@ -14,6 +14,11 @@ final latent, and the plan in the RunReport.
 2. Patch disagreement at the split: the x0 latent cut into its strided views (the stage-1 patches'
    pixel positions, cutdiff_core.patches.unfold_patches), each decoded as a native-size image.
 3. Object size against the 128 px stage-2 window, at 4x and at native size.
+4. The noise level at the split against SDXL's: the signal-to-noise ratio there depends on the
+   latents' scale, and SDXL's latents are scaled to unit standard deviation (LDM's rescaling).
+5. Do the windows know they are crops? Native-size samples with the size conditioning a stage-2
+   window gets (original = target = 256 px, crop = its offset) against the training data's crops
+   of 256 px canvases.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench"), str(REPO / "scripts")]
 import comfy_runtime  # noqa: E402  (starts ComfyUI on the CPU before anything imports comfy)
 
 comfy_runtime.bootstrap()
@@ -40,6 +45,7 @@ from cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutd
 from cutdiff_core.patches import unfold_patches  # noqa: E402
 from report import machine_description, write_section  # noqa: E402
 from repetition_bench import NATIVE, PROMPTS, add_sampling_arguments  # noqa: E402
+from train_demo_model import render_batch  # noqa: E402  (the demo model's training data)
 
 HEADING = "## Why CutDiffusion misses on the demo model (issue 4)"
 SIZE = 2 * NATIVE   # 4x area
@@ -66,7 +72,15 @@ class Run:
         return self.batches[0].plan
 
 
-def sample(demo, config, size, prompt, seed, batch, args) -> Batch:
+def conditioning(demo, prompt: str, size_cond: dict | None):
+    """The prompt's CONDITIONING, with SDXL size/crop values (px) where given (as CLIPTextEncodeSDXL sets them)."""
+    cond = demo.text.conditioning(prompt)
+    if size_cond:
+        cond[0][1].update(size_cond)
+    return cond
+
+
+def sample(demo, config, size, prompt, seed, batch, args, size_cond=None) -> Batch:
     """As repetition_bench.sample, keeping every step's x0 from the sampler callback."""
     report = RunReport() if config is not None else None
     model = demo.model if config is None else apply_cutdiffusion(demo.model, config, report)
@@ -78,8 +92,8 @@ def sample(demo, config, size, prompt, seed, batch, args) -> Batch:
 
     with torch.inference_mode():
         out = comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), args.steps, args.cfg, args.sampler,
-                                  args.scheduler, demo.text.conditioning(prompt), demo.text.conditioning(""), latent,
-                                  callback=callback, disable_pbar=True, seed=seed)
+                                  args.scheduler, conditioning(demo, prompt, size_cond), conditioning(demo, "", size_cond),
+                                  latent, callback=callback, disable_pbar=True, seed=seed)
     assert sorted(x0) == list(range(args.steps)), sorted(x0)
     plan = report.plan if report is not None else None
     if plan is not None:   # callback(i) follows step i's evaluation: steps 0 .. T1-1 were stage 1
@@ -87,11 +101,11 @@ def sample(demo, config, size, prompt, seed, batch, args) -> Batch:
     return Batch(out, x0, plan)
 
 
-def run(demo, config, size, args) -> Run:
+def run(demo, config, size, args, size_cond=None) -> Run:
     result, start = Run(), time.perf_counter()
     per_prompt = max(1, args.seeds // len(PROMPTS))
     for k, prompt in enumerate(PROMPTS):
-        result.batches.append(sample(demo, config, size, prompt, args.seed + k, per_prompt, args))
+        result.batches.append(sample(demo, config, size, prompt, args.seed + k, per_prompt, args, size_cond))
     result.seconds = time.perf_counter() - start
     return result
 
@@ -299,7 +313,56 @@ def main() -> None:
         lines3.append(f"| {name} | {results3[name]['row']} |")
         print(lines3[-1], flush=True)
 
+    # 4. The noise level at the split, against SDXL's unit-variance latents.
+    data_latents = torch.cat([render_batch(torch.Generator().manual_seed(5 + k), 500)[0] for k in range(4)])
+    data_std, sample_std = float(data_latents.std()), float(latents(native, None).std())
+    model_sampling = demo.model.get_model_object("model_sampling")
+    lines4 = ["| stage_split | sigma there | SNR, demo data (std² / sigma²) | SNR, unit-variance latents (SDXL) |",
+              "|---|---|---|---|"]
+    for split in (0.5, 0.6, 0.7, 0.8):
+        sigma = float(model_sampling.percent_to_sigma(split))
+        lines4.append(f"| {split} | {sigma:.2f} | {data_std ** 2 / sigma ** 2:.2f} | {1 / sigma ** 2:.2f} |")
+    print("\n".join(lines4), flush=True)
+    sdxl_sigma = float(model_sampling.percent_to_sigma(0.5))
+    matched = min(np.linspace(0, 1, 201), key=lambda p: abs(float(model_sampling.percent_to_sigma(float(p)))
+                                                           - data_std * sdxl_sigma))
+
+    # 5. Do the windows know they are crops? Size conditioning of a 256 px image's windows at native size.
+    lines5 = ["| images (128 px) | conditioning: original = target, crop (y, x) | one object | none | mean count | "
+              "object area (px, mean) |", "|---|---|---|---|---|---|"]
+    canvas_px = SIZE
+    data = {"native": [], "crop": []}
+    for k in range(12):
+        latent, _, size_cond = render_batch(torch.Generator().manual_seed(100 + k), 1500)
+        for kind, rows_ in (("native", size_cond[:, 0] == NATIVE),
+                            ("crop", (size_cond[:, 0] == canvas_px) & (size_cond[:, 1] == canvas_px))):
+            data[kind].extend(decode(demo, latent[rows_][:400]))
+    for label, images, cond in ((f"training data, native canvases", data["native"][:1000], f"{NATIVE} px, (0, 0)"),
+                                (f"training data, crops of {canvas_px} px canvases", data["crop"],
+                                 f"{canvas_px} px, any")):
+        lines5.append(f"| {label} ({len(images)}) | {cond} | {crops_row(images)} |")
+    native_images = decode(demo, latents(native, None))
+    lines5.append(f"| demo model ({len(native_images)}) | {NATIVE} px, (0, 0) | {crops_row(native_images)} |")
+    for crop in ((0, 0), (0, canvas_px // 2), (canvas_px // 2, 0), (canvas_px // 4, canvas_px // 4)):
+        size_cond = {"height": canvas_px, "width": canvas_px, "crop_h": crop[0], "crop_w": crop[1],
+                     "target_height": canvas_px, "target_width": canvas_px}
+        images = decode(demo, latents(run(demo, None, NATIVE, args, size_cond), None))
+        lines5.append(f"| demo model ({len(images)}) | {canvas_px} px, {crop} | {crops_row(images)} |")
+        print(lines5[-1], flush=True)
+
     conclusions = conclude(results1, results2, results3, cut, t1, win_px)
+    crop_none = [float(x) for x in (row_.split(" | ")[3].rstrip("%") for row_ in lines5[2:])]
+    conclusions += [
+        f"- At the default split the demo's signal-to-noise ratio is {data_std ** 2 / sdxl_sigma ** 2:.2f}, "
+        f"{data_std ** 2:.2f} of what unit-variance latents (SDXL) have there ({1 / sdxl_sigma ** 2:.2f}); the "
+        f"demo model reaches SDXL's ratio at the paper's split near stage_split {matched:.2f}. "
+        + ("So on this model the paper's split hands a noisier image to stage 2 than on SDXL."
+           if data_std < 0.9 else "So the split hands stage 2 about the noise level it gets on SDXL."),
+        f"- The windows' size conditioning is followed (section 5: larger objects with {canvas_px} px canvas "
+        f"conditioning), but a crop of a {canvas_px} px canvas holds no object in only {crop_none[1]:.0f}% of the "
+        f"training data, and the model, so conditioned, draws none in at most {max(crop_none[3:]):.0f}%: a stage-2 "
+        "window that sees only background is expected to hold an object.",
+    ]
     body = "\n".join([
         f"`.venv/bin/python {' '.join(['bench/repetition_diagnosis.py', *sys.argv[1:]])}` on {machine_description()}.",
         f"Demo model (native {NATIVE} px), {SIZE}x{SIZE} px (4x area), {args.seeds} images per row over "
@@ -323,10 +386,26 @@ def main() -> None:
         f"### 3. Object size against the {win_px} px stage-2 window", "",
         f"Windows: the plan's nominal {len(boxes)} windows (before jitter). Extents: the larger side of the "
         "bounding box, px of the image; extra objects = all but the largest.", "", *lines3, "",
+        "### 4. The noise level at the split against SDXL's", "",
+        f"The demo data's latents have a standard deviation of {data_std:.2f} (2000 training samples; the model's "
+        f"native-size samples: {sample_std:.2f}). SDXL's latents are scaled to unit standard deviation, as Latent "
+        "Diffusion rescales its latents, and both models use the same discrete noise schedule, so the signal-to-noise "
+        "ratio at a given stage_split is std² / sigma² here against 1 / sigma² on SDXL.", "", *lines4, "",
+        f"### 5. Do the windows know they are crops?", "",
+        f"A stage-2 window of a {canvas_px} px image is a native-size image conditioned on original = target = "
+        f"{canvas_px} px and crop = its offset, as 20% of the training samples were. Native-size samples with that "
+        "conditioning and no CutDiffusion (64 per row, the seeds above), against the training data "
+        "(decoded training latents). Object area: the objects' total area per image.", "", *lines5, "",
         "### Conclusions", "", *conclusions])
     print(body)
     if not args.no_write:
         write_section(HEADING, body)
+
+
+def crops_row(images) -> str:
+    counts = np.array([metrics.count_objects(im) for im in images])
+    area = np.mean([sum(metrics.object_areas(im)) for im in images])
+    return f"{(counts == 1).mean():.0%} | {(counts == 0).mean():.0%} | {counts.mean():.2f} | {area:.0f}"
 
 
 def conclude(results1, results2, results3, cut, t1, win_px) -> list[str]:

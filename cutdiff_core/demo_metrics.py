@@ -1,4 +1,4 @@
-"""Image metrics for the demo model: object count, object contrast, seam score.
+"""Image metrics for the demo model: object count, object contrast, aspect, seam score.
 
 Pure numpy and einops (no ComfyUI). Images are float arrays ``[H, W, 3]`` in [0, 1], as one image of a
 ComfyUI IMAGE batch. The demo data has one object on a mildly textured background, so:
@@ -9,6 +9,8 @@ ComfyUI IMAGE batch. The demo data has one object on a mildly textured backgroun
   (the background's grain and small speckles stay below it);
 - contrast is how far object pixels are from the background (a faint, washed-out object
   scores low even where it is still counted);
+- the aspect is the largest object's height over its width from second moments: all five
+  demo shapes have a rotation-independent aspect of 1, so it measures stretching;
 - the seam score compares the gradient energy across given window-border lines with the
   energy across every other line of pixels (1 = no seam).
 """
@@ -107,6 +109,21 @@ def object_contrast(image: np.ndarray, distance: float = FAINT_DISTANCE, min_are
     far = distance_from_background(image)
     objects = _objects(far > distance, min_area)
     return float(far[objects].mean()) if objects.any() else 0.0
+
+
+def object_aspect(image: np.ndarray, distance: float = OBJECT_DISTANCE, min_area: int = MIN_AREA_PX) -> float:
+    """The largest object's stretch: sqrt(variance of its rows / variance of its columns); NaN if none.
+
+    Circle, ring, square, cross and triangle (3- and 4-fold symmetry) all have an isotropic second
+    moment whatever their rotation, so an undistorted demo object scores 1 and one drawn at twice
+    its height scores 2. An object cut by the image edge scores off 1 too: compare medians.
+    """
+    labels = connected_components(distance_from_background(image) > distance)
+    ids, areas = np.unique(labels[labels >= 0], return_counts=True)
+    if not len(ids) or areas.max() < min_area:
+        return float("nan")
+    ys, xs = np.nonzero(labels == ids[areas.argmax()])
+    return float(np.sqrt(ys.var() / max(xs.var(), 1e-12)))
 
 
 @dataclass(frozen=True)

@@ -115,3 +115,37 @@ def test_seam_score_is_about_one_without_seams():
     assert dm.seam_score(image, rows=[32, 64], cols=[32, 64, 96]) == pytest.approx(1.0, abs=0.3)
     with pytest.raises(ValueError, match="border line"):
         dm.seam_score(image, rows=[0], cols=[128])
+
+
+def _shape(kind, stretch=1.0, angle=0.3, radius=30, size=160):
+    """A demo-style shape drawn `stretch` times taller than wide, on the background."""
+    image = _background((size, size))
+    ys, xs = np.mgrid[:size, :size].astype(float)
+    dy, dx = (ys - size / 2) / (radius * stretch), (xs - size / 2) / radius
+    u, v = np.cos(angle) * dx + np.sin(angle) * dy, np.cos(angle) * dy - np.sin(angle) * dx
+    if kind == "circle":
+        inside = u ** 2 + v ** 2 <= 1
+    elif kind == "square":
+        inside = np.maximum(abs(u), abs(v)) <= 0.8
+    else:  # triangle: three half-planes
+        inside = np.ones_like(u, dtype=bool)
+        for k in range(3):
+            a = np.pi / 2 + 2 * np.pi * k / 3
+            inside &= u * np.cos(a) + v * np.sin(a) <= 0.55
+    image[inside] = RED
+    return image
+
+
+@pytest.mark.parametrize("kind", ["circle", "square", "triangle"])
+@pytest.mark.parametrize("angle", [0.0, 0.3, 1.0])
+def test_aspect_is_one_for_every_rotation_and_the_stretch_when_stretched(kind, angle):
+    assert dm.object_aspect(_shape(kind, angle=angle)) == pytest.approx(1.0, abs=0.05)
+    assert dm.object_aspect(_shape(kind, 2.0, angle, radius=25)) == pytest.approx(2.0, rel=0.06)
+    assert dm.object_aspect(_shape(kind, 0.5, angle, radius=50)) == pytest.approx(0.5, rel=0.06)
+
+
+def test_aspect_looks_at_the_largest_object_and_is_nan_without_one():
+    image = _disc(_shape("circle", 2.0, radius=25), (20, 20), 10)   # a small disc beside a tall ellipse
+    assert dm.count_objects(image) == 2
+    assert dm.object_aspect(image) == pytest.approx(2.0, rel=0.06)
+    assert np.isnan(dm.object_aspect(_background()))
