@@ -202,8 +202,7 @@ class CutDiffusionPatch:
         sigma_list = [float(s) for s in sigmas]
         plan = make_plan(noise.shape[-2], noise.shape[-1], self.native, self.native, self.stride, self.stride,
                          sigma_list, float(model_sampling.percent_to_sigma(cfg.stage_split)), cfg.stage_split,
-                         cfg.window_jitter, cfg.stage2_mode, cfg.min_stage1_steps, cfg.global_guidance > 0,
-                         cfg.keep_aspect)
+                         cfg.window_jitter, cfg.stage2_mode, cfg.min_stage1_steps, cfg.global_guidance > 0)
         report = self.report if self.report is not None else RunReport()
         report.plan, report.batch, report.notes = plan, noise.shape[0], []
         report.stage1_evaluations = report.stage2_evaluations = 0

@@ -22,7 +22,6 @@ class CutDiffusionConfig:
     window_weights: str = "uniform"    # "uniform" (MultiDiffusion) or "feathered"
     min_stage1_steps: int = 0          # force stage 1 even when denoise starts below the split
     global_guidance: float = 0.0       # 0 = the paper; >0: stage 2 mixes in the stage-1 patches' prediction
-    keep_aspect: bool = False          # False = the paper's grid; True: one patch stride on both axes
 
 
 RANGES = {

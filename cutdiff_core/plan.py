@@ -43,21 +43,18 @@ class PatchGrid:
         return self.cols * self.patch_w
 
 
-def patch_grid(height: int, width: int, native_h: int, native_w: int, keep_aspect: bool = False) -> PatchGrid:
+def patch_grid(height: int, width: int, native_h: int, native_w: int) -> PatchGrid:
     """Spec 3.1: `p = ceil(L / native)` patches of `ceil(L / p)` per dimension.
 
     A patch is the image seen at stride `p` along each axis, so with unequal `p1, p2` (any
     non-square target with square native size) the model draws a subject in proportions that
     relocation then stretches by `p2 / p1`: a 2048x1024 px (wide) SDXL image is two 1024 px
-    patches, each every other column, and a circle comes out twice as wide. `keep_aspect` (beyond the paper)
-    uses one stride `p = max(p1, p2)` on both axes: more patches, each smaller than native
-    along the shorter side, every one a proportional miniature of the whole image.
+    patches, each every other column. On the demo model stage 2 takes back part of it (aspect
+    1.7 at 1:2); one stride on both axes was tried and not kept (BENCHMARKS.md).
     """
     if min(height, width, native_h, native_w) < 1:
         raise ValueError(f"sizes must be positive, got target {height}x{width}, native {native_h}x{native_w}")
     rows, cols = math.ceil(height / native_h), math.ceil(width / native_w)
-    if keep_aspect:
-        rows = cols = max(rows, cols)
     patch_h, patch_w = math.ceil(height / rows), math.ceil(width / cols)
     return PatchGrid(rows, cols, patch_h, patch_w, rows * patch_h - height, cols * patch_w - width)
 
@@ -244,9 +241,8 @@ class Plan:
 
 def make_plan(height: int, width: int, native_h: int, native_w: int, stride_h: int, stride_w: int,
               sigmas: Sequence[float], split_sigma: float, stage_split: float, jitter: bool,
-              mode: str = "overlap", min_stage1_steps: int = 0, global_guidance: bool = False,
-              keep_aspect: bool = False) -> Plan:
-    grid = patch_grid(height, width, native_h, native_w, keep_aspect)
+              mode: str = "overlap", min_stage1_steps: int = 0, global_guidance: bool = False) -> Plan:
+    grid = patch_grid(height, width, native_h, native_w)
     layout = window_layout(grid.padded_h, grid.padded_w, native_h, native_w, stride_h, stride_w, jitter, mode, grid)
     return Plan(height, width, grid, layout, len(sigmas) - 1,
                 stage1_steps(sigmas, split_sigma, stage_split, min_stage1_steps),

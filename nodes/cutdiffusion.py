@@ -52,21 +52,16 @@ def patch_inputs() -> list:
                                "mixes their whole-image prediction into the windows', with this weight at the "
                                "split fading to 0 at the end. Use it if subjects still repeat or small copies "
                                "appear around a large one (1 = strongest); costs one patch set per stage-2 step."),
-        io.Boolean.Input("keep_aspect", default=False,
-                         tooltip="Beyond the paper, off by default. Non-square targets only: the paper's stage-1 "
-                                 "patches subsample the longer side more than the shorter one, so subjects come out "
-                                 "stretched along it (2x at 2048x1024). On: one stride on both axes (more, smaller "
-                                 "patches at the same total size), subjects keep their proportions."),
     ]
 
 
 def _config(patch_size, window_stride, stage_split, window_batch_size, window_jitter, pixel_interaction,
-            stage2_mode, window_weights, min_stage1_steps, global_guidance, keep_aspect=False):
+            stage2_mode, window_weights, min_stage1_steps, global_guidance):
     return CutDiffusionConfig(patch_size=patch_size, window_stride=window_stride, stage_split=stage_split,
                               window_batch_size=window_batch_size, window_jitter=window_jitter,
                               pixel_interaction=pixel_interaction, stage2_mode=stage2_mode,
                               window_weights=window_weights, min_stage1_steps=min_stage1_steps,
-                              global_guidance=global_guidance, keep_aspect=keep_aspect)
+                              global_guidance=global_guidance)
 
 
 class CutDiffusion(io.ComfyNode):

@@ -100,7 +100,6 @@ def preview_plan(params: dict) -> dict:
         stage2_mode=_choice(params, "stage2_mode", list(STAGE2_MODES), "overlap"),
         min_stage1_steps=_number(params, "min_stage1_steps", int, 0, *RANGES["min_stage1_steps"]),
         global_guidance=_number(params, "global_guidance", float, 0.0, *RANGES["global_guidance"]),
-        keep_aspect=_flag(params, "keep_aspect", False),
     )
     known_native_px = NATIVE_PX_BY_MODEL_SOURCE.get(params.get("model_source"))
     native_px = config.patch_size or known_native_px or ASSUMED_NATIVE_PX
@@ -115,7 +114,7 @@ def preview_plan(params: dict) -> dict:
     sigmas = preview_sigmas(scheduler, sampler_name, steps, denoise)
     plan = make_plan(height_px // LATENT_SCALE, width_px // LATENT_SCALE, native, native, stride, stride, sigmas,
                      float(_DISCRETE.percent_to_sigma(config.stage_split)), config.stage_split, config.window_jitter,
-                     config.stage2_mode, config.min_stage1_steps, config.global_guidance > 0, config.keep_aspect)
+                     config.stage2_mode, config.min_stage1_steps, config.global_guidance > 0)
     grid, layout = plan.grid, plan.layout
     per_image = plan.model_evaluations(cfg_batches=1)
     # ComfyUI skips the uncond half when cfg is exactly 1.

@@ -105,8 +105,7 @@ def reference_permutations(seed):
 
 
 @torch.no_grad()
-def reference_cutdiffusion(model, latent, seed, sigmas, t1, conds, cfg, native, stride, pixel_interaction=True,
-                           grid=None):
+def reference_cutdiffusion(model, latent, seed, sigmas, t1, conds, cfg, native, stride, pixel_interaction=True):
     """The paper's algorithm as its code does it, with Euler steps.
 
     Stage 1 keeps an explicit stack of n native-size patch latents (batch 1), cut
@@ -114,12 +113,12 @@ def reference_cutdiffusion(model, latent, seed, sigmas, t1, conds, cfg, native, 
     (c, y, x) are permuted across patches, the model runs on the permuted stack,
     its output is un-permuted and the *unpermuted* latents are stepped. At the
     split the patches are relocated into the full latent; stage 2 averages the
-    denoised windows (jitter off). `grid` = (p1, p2) overrides the paper's patch counts.
+    denoised windows (jitter off).
     """
     samples = latent["samples"]
     assert samples.shape[0] == 1
     _, c, height, width = samples.shape
-    p1, p2 = grid or (math.ceil(height / native), math.ceil(width / native))
+    p1, p2 = math.ceil(height / native), math.ceil(width / native)
     h, w = height // p1, width // p2
     assert (p1 * h, p2 * w) == (height, width), "reference handles exact grids only"
     full_px = (height * 8, width * 8)

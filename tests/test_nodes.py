@@ -29,7 +29,7 @@ def _patch_inputs(**overrides):
     values = {"patch_size": PATCH, "window_stride": 0, "stage_split": 0.5, "window_batch_size": 0,
               "window_jitter": True, "pixel_interaction": True, "stage2_mode": "overlap",
               "window_weights": "uniform", "min_stage1_steps": 0,
-              "global_guidance": 0.0, "keep_aspect": False}
+              "global_guidance": 0.0}
     values.update(overrides)
     return values
 

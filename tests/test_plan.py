@@ -67,33 +67,21 @@ def test_patch_grid_examples():
     assert (g.rows, g.patch_h, g.pad_h) == (3, 86, 1)
 
 
-def test_keep_aspect_grid_uses_one_stride():
-    g = patch_grid(256, 128, 128, 128, keep_aspect=True)    # 1024x2048 px: 2x2 patches of 1024x512 px
-    assert (g.rows, g.cols, g.patch_h, g.patch_w, g.pad_h, g.pad_w) == (2, 2, 128, 64, 0, 0)
-    g = patch_grid(256, 512, 128, 128, keep_aspect=True)    # 4096x2048 px: 4x4 of 512x1024 px (paper: 2x4)
-    assert (g.rows, g.cols, g.patch_h, g.patch_w) == (4, 4, 64, 128)
-    g = patch_grid(160, 288, 128, 128, keep_aspect=True)    # 2304x1280 px: 3x3, padded 2 rows (paper: 2x3)
-    assert (g.rows, g.cols, g.patch_h, g.patch_w, g.pad_h, g.pad_w) == (3, 3, 54, 96, 2, 0)
-    for size in (128, 256, 384, 300):                      # square targets: the paper's grid
-        assert patch_grid(size, size, 128, 128, keep_aspect=True) == patch_grid(size, size, 128, 128)
-
-
 sizes = st.integers(min_value=8, max_value=700)
 
 
 @settings(max_examples=300, deadline=None)
 @given(h=sizes, w=sizes, native=st.integers(16, 160), stride_frac=st.floats(0.05, 1.0), seed=st.integers(0, 2**31),
-       jitter=st.booleans(), keep_aspect=st.booleans())
-def test_plan_properties(h, w, native, stride_frac, seed, jitter, keep_aspect):
+       jitter=st.booleans())
+def test_plan_properties(h, w, native, stride_frac, seed, jitter):
     stride = max(1, int(native * stride_frac))
-    plan = make_plan(h, w, native, native, stride, stride, [1.0] * 11, 0.5, 0.5, jitter, keep_aspect=keep_aspect)
+    plan = make_plan(h, w, native, native, stride, stride, [1.0] * 11, 0.5, 0.5, jitter)
     g, lay = plan.grid, plan.layout
     # Patches: never larger than native, padding below the bound, covering the target.
     assert g.patch_h <= native and g.patch_w <= native
     assert 0 <= g.pad_h <= g.rows - 1 and 0 <= g.pad_w <= g.cols - 1
     assert g.padded_h == h + g.pad_h and g.padded_w == w + g.pad_w
-    paper = (math.ceil(h / native), math.ceil(w / native))
-    assert (g.rows, g.cols) == ((max(paper),) * 2 if keep_aspect else paper)
+    assert g.rows == math.ceil(h / native) and g.cols == math.ceil(w / native)
     # Windows: inside the latent, counts as computed, every pixel covered, jittered or not.
     expected_rows = 1 if g.padded_h <= native else math.ceil((g.padded_h - native) / stride) + 1
     expected_cols = 1 if g.padded_w <= native else math.ceil((g.padded_w - native) / stride) + 1

@@ -83,22 +83,6 @@ def test_two_stages_match_reference(model, conds, pixel_interaction):
     assert_matches_reference(got, expected)
 
 
-def test_keep_aspect_matches_reference_with_one_stride(model, conds):
-    # 1:2 target: the paper's 2x1 patches stride the rows by 2 and the columns by 1; keep_aspect
-    # cuts 2x2 patches of half the native width, the same stride on both axes.
-    latent = rt.empty_latent(PATCH, 2 * PATCH)
-    sigmas = schedule(model, 5)
-    t1 = stage1_steps(sigmas.tolist(), model.model.model_sampling.percent_to_sigma(0.5), 0.5)
-    expected = reference_cutdiffusion(model, latent, 6, sigmas, t1, conds, 5.0, NATIVE, NATIVE // 2, grid=(2, 2))
-    got, report = run_cut(model, latent, seed=6, steps=5, conds=conds, patch_size=PATCH, window_jitter=False,
-                          keep_aspect=True)
-    g = report.plan.grid
-    assert (g.rows, g.cols, g.patch_h, g.patch_w) == (2, 2, NATIVE, NATIVE // 2) and 0 < t1 < 5
-    assert_matches_reference(got, expected)
-    paper, _ = run_cut(model, latent, seed=6, steps=5, conds=conds, patch_size=PATCH, window_jitter=False)
-    assert (got - paper).abs().max() > 1e-3
-
-
 def test_pixel_interaction_changes_the_result(model, conds):
     latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
     a, _ = run_cut(model, latent, seed=4, steps=4, conds=conds, patch_size=PATCH)

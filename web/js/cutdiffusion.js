@@ -17,8 +17,7 @@ const WIDGET_NAME = "cutdiffusion_plan";
 const PLAN_HEIGHT = 300;
 // Widgets of the node that change the plan (all others, e.g. seed, do not).
 const PLAN_WIDGETS = ["steps", "cfg", "sampler_name", "scheduler", "denoise", "patch_size", "window_stride",
-  "stage_split", "window_jitter", "stage2_mode", "min_stage1_steps", "global_guidance",
-  "keep_aspect"];
+  "stage_split", "window_jitter", "stage2_mode", "min_stage1_steps", "global_guidance"];
 // How far upstream of latent_image to look for a node with width/height widgets
 // (EmptyLatentImage: 1 hop; VAEEncode <- ImageScale: 2 hops).
 const MAX_HOPS = 4;
