@@ -114,14 +114,6 @@ def decode(demo, latent: torch.Tensor) -> np.ndarray:
     return demo.decoder(latent).numpy()
 
 
-def objects(image: np.ndarray) -> list[np.ndarray]:
-    """Boolean masks of the objects metrics.count_objects counts, largest first."""
-    labels = metrics.connected_components(metrics.distance_from_background(image) > metrics.OBJECT_DISTANCE)
-    ids, areas = np.unique(labels[labels >= 0], return_counts=True)
-    keep = [i for i, a in sorted(zip(ids, areas), key=lambda t: -t[1]) if a >= metrics.MIN_AREA_PX]
-    return [labels == i for i in keep]
-
-
 def bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     ys, xs = np.nonzero(mask)
     return ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
@@ -190,7 +182,7 @@ def disagreement(demo, result: Run, step: int | None, rows: int = 2, cols: int =
         n, batch = imgs.shape[:2]   # [n views, B, h, w, 3]
         pairs = list(itertools.combinations(range(n), 2))
         for m in range(batch):
-            masks = [objects(imgs[k, m]) for k in range(n)]
+            masks = [metrics.object_masks(imgs[k, m]) for k in range(n)]
             per_view_counts.append([len(ms) for ms in masks])
             extents += [extent(ms[0]) for ms in masks if ms]
             cents = [centroid(ms[0]) * scale + off for ms, off in zip(masks, offsets) if ms]
@@ -225,7 +217,7 @@ def sizes(demo, result: Run, boxes) -> dict:
     a window also covers part of the largest object."""
     largest, largest_d, extra, fits, extra_inside, with_main = [], [], [], [], [], []
     for image in decode(demo, latents(result, None)):
-        masks = objects(image)
+        masks = metrics.object_masks(image)
         if not masks:
             continue
         largest.append(extent(masks[0]))
@@ -337,21 +329,23 @@ def main() -> None:
         for kind, rows_ in (("native", size_cond[:, 0] == NATIVE),
                             ("crop", (size_cond[:, 0] == canvas_px) & (size_cond[:, 1] == canvas_px))):
             data[kind].extend(decode(demo, latent[rows_][:400]))
-    for label, images, cond in ((f"training data, native canvases", data["native"][:1000], f"{NATIVE} px, (0, 0)"),
-                                (f"training data, crops of {canvas_px} px canvases", data["crop"],
-                                 f"{canvas_px} px, any")):
-        lines5.append(f"| {label} ({len(images)}) | {cond} | {crops_row(images)} |")
+    data_native, data_crops = crop_stats(data["native"][:1000]), crop_stats(data["crop"])
+    lines5.append(crops_row(f"training data, native canvases ({len(data['native'][:1000])})", f"{NATIVE} px, (0, 0)",
+                            data_native))
+    lines5.append(crops_row(f"training data, crops of {canvas_px} px canvases ({len(data['crop'])})",
+                            f"{canvas_px} px, any", data_crops))
     native_images = decode(demo, latents(native, None))
-    lines5.append(f"| demo model ({len(native_images)}) | {NATIVE} px, (0, 0) | {crops_row(native_images)} |")
+    lines5.append(crops_row(f"demo model ({len(native_images)})", f"{NATIVE} px, (0, 0)", crop_stats(native_images)))
+    model_crops = []
     for crop in ((0, 0), (0, canvas_px // 2), (canvas_px // 2, 0), (canvas_px // 4, canvas_px // 4)):
         size_cond = {"height": canvas_px, "width": canvas_px, "crop_h": crop[0], "crop_w": crop[1],
                      "target_height": canvas_px, "target_width": canvas_px}
         images = decode(demo, latents(run(demo, None, NATIVE, args, size_cond), None))
-        lines5.append(f"| demo model ({len(images)}) | {canvas_px} px, {crop} | {crops_row(images)} |")
+        model_crops.append(crop_stats(images))
+        lines5.append(crops_row(f"demo model ({len(images)})", f"{canvas_px} px, {crop}", model_crops[-1]))
         print(lines5[-1], flush=True)
 
     conclusions = conclude(results1, results2, results3, cut, t1, win_px)
-    crop_none = [float(x) for x in (row_.split(" | ")[3].rstrip("%") for row_ in lines5[2:])]
     conclusions += [
         f"- At the default split the demo's signal-to-noise ratio is {data_std ** 2 / sdxl_sigma ** 2:.2f}, "
         f"{data_std ** 2:.2f} of what unit-variance latents (SDXL) have there ({1 / sdxl_sigma ** 2:.2f}); the "
@@ -359,8 +353,8 @@ def main() -> None:
         + ("So on this model the paper's split hands a noisier image to stage 2 than on SDXL."
            if data_std < 0.9 else "So the split hands stage 2 about the noise level it gets on SDXL."),
         f"- The windows' size conditioning is followed (section 5: larger objects with {canvas_px} px canvas "
-        f"conditioning), but a crop of a {canvas_px} px canvas holds no object in only {crop_none[1]:.0f}% of the "
-        f"training data, and the model, so conditioned, draws none in at most {max(crop_none[3:]):.0f}%: a stage-2 "
+        f"conditioning), but a crop of a {canvas_px} px canvas holds no object in only {data_crops['none']:.0%} of the "
+        f"training data, and the model, so conditioned, draws none in at most {max(c['none'] for c in model_crops):.0%}: a stage-2 "
         "window that sees only background is expected to hold an object.",
     ]
     body = "\n".join([
@@ -402,10 +396,15 @@ def main() -> None:
         write_section(HEADING, body)
 
 
-def crops_row(images) -> str:
-    counts = np.array([metrics.count_objects(im) for im in images])
-    area = np.mean([sum(metrics.object_areas(im)) for im in images])
-    return f"{(counts == 1).mean():.0%} | {(counts == 0).mean():.0%} | {counts.mean():.2f} | {area:.0f}"
+def crop_stats(images) -> dict:
+    areas = [metrics.object_areas(im) for im in images]
+    counts = np.array([len(a) for a in areas])
+    return {"one": (counts == 1).mean(), "none": (counts == 0).mean(), "mean": counts.mean(),
+            "area": np.mean([sum(a) for a in areas])}
+
+
+def crops_row(label: str, cond: str, s: dict) -> str:
+    return f"| {label} | {cond} | {s['one']:.0%} | {s['none']:.0%} | {s['mean']:.2f} | {s['area']:.0f} |"
 
 
 def conclude(results1, results2, results3, cut, t1, win_px) -> list[str]:

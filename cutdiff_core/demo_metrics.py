@@ -87,11 +87,18 @@ def _objects(far: np.ndarray, min_area: int) -> np.ndarray:
     return np.isin(labels, ids[areas >= min_area])
 
 
+def object_masks(image: np.ndarray, distance: float = OBJECT_DISTANCE,
+                 min_area: int = MIN_AREA_PX) -> list[np.ndarray]:
+    """Boolean masks [H, W] of the objects found in the image, largest first."""
+    labels = connected_components(distance_from_background(image) > distance)
+    ids, areas = np.unique(labels[labels >= 0], return_counts=True)
+    order = np.argsort(-areas, kind="stable")
+    return [labels == ids[k] for k in order if areas[k] >= min_area]
+
+
 def object_areas(image: np.ndarray, distance: float = OBJECT_DISTANCE, min_area: int = MIN_AREA_PX) -> list[int]:
     """Areas in px of the objects found in the image, largest first."""
-    labels = connected_components(distance_from_background(image) > distance)
-    _, areas = np.unique(labels[labels >= 0], return_counts=True)
-    return sorted((int(a) for a in areas if a >= min_area), reverse=True)
+    return [int(mask.sum()) for mask in object_masks(image, distance, min_area)]
 
 
 def count_objects(image: np.ndarray, distance: float = OBJECT_DISTANCE, min_area: int = MIN_AREA_PX) -> int:
@@ -118,11 +125,10 @@ def object_aspect(image: np.ndarray, distance: float = OBJECT_DISTANCE, min_area
     moment whatever their rotation, so an undistorted demo object scores 1 and one drawn at twice
     its height scores 2. An object cut by the image edge scores off 1 too: compare medians.
     """
-    labels = connected_components(distance_from_background(image) > distance)
-    ids, areas = np.unique(labels[labels >= 0], return_counts=True)
-    if not len(ids) or areas.max() < min_area:
+    masks = object_masks(image, distance, min_area)
+    if not masks:
         return float("nan")
-    ys, xs = np.nonzero(labels == ids[areas.argmax()])
+    ys, xs = np.nonzero(masks[0])
     return float(np.sqrt(ys.var() / max(xs.var(), 1e-12)))
 
 
