@@ -80,20 +80,25 @@ def connected_components(mask: np.ndarray) -> np.ndarray:
     return np.where(mask, parent.reshape(h, w), -1)
 
 
-def _objects(far: np.ndarray, min_area: int) -> np.ndarray:
-    """Mask of the pixels of `far` that belong to components of at least `min_area` px."""
+def _components(far: np.ndarray, min_area: int) -> tuple[np.ndarray, np.ndarray]:
+    """Component labels of `far` and the ids of those of at least `min_area` px, largest first."""
     labels = connected_components(far)
     ids, areas = np.unique(labels[far], return_counts=True)
-    return np.isin(labels, ids[areas >= min_area])
+    order = np.argsort(-areas, kind="stable")
+    return labels, ids[order][areas[order] >= min_area]
+
+
+def _objects(far: np.ndarray, min_area: int) -> np.ndarray:
+    """Mask of the pixels of `far` that belong to components of at least `min_area` px."""
+    labels, ids = _components(far, min_area)
+    return np.isin(labels, ids)
 
 
 def object_masks(image: np.ndarray, distance: float = OBJECT_DISTANCE,
                  min_area: int = MIN_AREA_PX) -> list[np.ndarray]:
     """Boolean masks [H, W] of the objects found in the image, largest first."""
-    labels = connected_components(distance_from_background(image) > distance)
-    ids, areas = np.unique(labels[labels >= 0], return_counts=True)
-    order = np.argsort(-areas, kind="stable")
-    return [labels == ids[k] for k in order if areas[k] >= min_area]
+    labels, ids = _components(distance_from_background(image) > distance, min_area)
+    return [labels == i for i in ids]
 
 
 def object_areas(image: np.ndarray, distance: float = OBJECT_DISTANCE, min_area: int = MIN_AREA_PX) -> list[int]:
