@@ -47,8 +47,9 @@ def test_loaded_model_looks_like_sdxl_and_declares_its_native_size():
 
 
 def test_native_size_samples_mostly_hold_one_object():
-    """Issue 4's bar: one object in at least 90% of native-size samples. The shipped model draws
-    exactly one in all 64 of these fixed samples (12 and 20 steps alike)."""
+    """Issue 4's bar: one object in at least 90% of native-size samples, at the 20 euler steps the
+    training record and the benchmarks use. The shipped model draws exactly one in 63 of these 64
+    fixed samples (58 with 12 steps, too close to the bar for a check that must not flip)."""
     import comfy.sample
 
     demo = dm.load_demo_model()
@@ -57,7 +58,7 @@ def test_native_size_samples_mostly_hold_one_object():
         prompt = f"{list(dm.COLOURS)[k % 5]} {dm.SHAPES[k // 2 % 5]} on {list(dm.BACKGROUNDS)[k % 4]}"
         latent = torch.zeros(8, 4, NATIVE // 8, NATIVE // 8)
         with torch.inference_mode():
-            out = comfy.sample.sample(demo.model, comfy.sample.prepare_noise(latent, k), 12, 5.0, "euler", "normal",
+            out = comfy.sample.sample(demo.model, comfy.sample.prepare_noise(latent, k), 20, 5.0, "euler", "normal",
                                       demo.text.conditioning(prompt), demo.text.conditioning(""), latent,
                                       disable_pbar=True, seed=k)
         counts += [demo_metrics.count_objects(image) for image in demo.decoder(out).numpy()]
