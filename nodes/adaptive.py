@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..cutdiff_core.adaptive import AdaptiveConfig, RANGES
 from ..cutdiff_core.adaptive_patch import FRONTEND_EVENT, apply_adaptive
-from .cutdiffusion import CATEGORY
+from .cutdiffusion import CATEGORY, advanced
 
 
 class AdaptiveDiffusion(io.ComfyNode):
@@ -35,15 +35,18 @@ class AdaptiveDiffusion(io.ComfyNode):
                 io.Int.Input("warmup_steps", default=defaults.warmup_steps, min=RANGES["warmup_steps"][0],
                              max=RANGES["warmup_steps"][1],
                              tooltip="The first steps are always evaluated: they set the composition. "
-                                     "Paper default 4."),
+                                     "Paper default 4.",
+                             **advanced(io.Int.Input)),
                 io.Float.Input("start_percent", default=defaults.start_percent, min=RANGES["start_percent"][0],
                                max=RANGES["start_percent"][1], step=0.01,
                                tooltip="Skipping starts at this point of the schedule (ComfyUI's percent of the "
-                                       "noise range, as ControlNet and the step caches use). 0 = from the start."),
+                                       "noise range, as ControlNet and the step caches use). 0 = from the start.",
+                               **advanced(io.Float.Input)),
                 io.Float.Input("end_percent", default=defaults.end_percent, min=RANGES["end_percent"][0],
                                max=RANGES["end_percent"][1], step=0.01,
                                tooltip="Skipping stops at this point of the schedule (percent of the noise range). "
-                                       "1 = until the end."),
+                                       "1 = until the end.",
+                               **advanced(io.Float.Input)),
             ],
             outputs=[io.Model.Output(tooltip="The model with AdaptiveDiffusion: sample it with any sampler node, "
                                              "alone or together with CutDiffusion (in either order).")],

@@ -2,8 +2,13 @@
 
 A real server (tests/comfy_server.py) with the pack copied into custom_nodes/, Debian's
 Chromium through its chromedriver (Selenium; no browser download). Checks that the plan
-preview on CutDiffusion KSampler shows the right numbers for two settings and that the demo
-workflow runs from the Run button, and saves screenshots (the folder is printed).
+preview on CutDiffusion KSampler shows the right numbers for two settings, that it is a DOM
+widget shown with the classic LiteGraph canvas and with Nodes 2.0 (Vue-rendered nodes), that
+expert inputs are hidden where the frontend hides advanced inputs, and that the demo workflow
+runs from the Run button; saves screenshots (the folder is printed).
+
+Works with 0.3.75's frontend (1.32) and newer ones (0.33.0's 1.49: node ids on the canvas are
+strings there, graph.serialize() gives numbers, so ids are compared as strings).
 """
 import os
 import re
@@ -26,11 +31,17 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1600,1000"]
 # A first visit shows a template browser, a missing-model dialog (no SDXL checkpoint here), the
-# minimap and a "Nodes 2.0" banner over the canvas; the plan widget is drawn by the classic canvas.
+# minimap and a "Nodes 2.0" banner over the canvas. Tests start on the classic canvas;
+# test_plan_preview_in_both_renderers switches Nodes 2.0 on and back off.
+VUE_SETTING = "Comfy.VueNodes.Enabled"
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
             "Comfy.Minimap.Visible": False, "Comfy.VueNodes.Enabled": False}
 PAGE_TIMEOUT_S = 60
 RUN_TIMEOUT_S = 240
+VUE_TIMEOUT_S = 15
+# Expert inputs marked advanced=True (nodes/cutdiffusion.py, nodes/adaptive.py) where ComfyUI's V3
+# inputs take it; the CutDiffusion KSampler then shows these widgets by default.
+SAMPLER_BASIC_WIDGETS = ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise", "stage_split"]
 
 
 @pytest.fixture(scope="module")
@@ -99,20 +110,40 @@ def _show_sampler(driver) -> None:
     time.sleep(0.5)  # one animation frame for the DOM widget to follow the canvas
 
 
+def _bring_plan_into_view(driver) -> None:
+    """Scroll the canvas so the preview (under all the sampler's widgets) is on screen."""
+    driver.execute_script(f"""
+        const node = {SAMPLER_JS};
+        const box = node.cutdiffusion.element.getBoundingClientRect();
+        const [x, y] = app.canvas.ds.offset;
+        app.canvas.ds.offset = [x, y - (box.top - 300) / app.canvas.ds.scale];
+        app.canvas.setDirty(true, true);""")
+    time.sleep(0.5)
+
+
 def _shown_plan(driver, expected_query_part: str) -> dict:
     """The plan the node shows once its query contains `expected_query_part`: the data it drew
     and the text and rectangles a user sees."""
     _wait(driver, f"{SAMPLER_JS}.cutdiffusion.plan && {SAMPLER_JS}.cutdiffusion.shownQuery.includes("
                   f"{expected_query_part!r})", PAGE_TIMEOUT_S, f"a plan for {expected_query_part}")
+    time.sleep(0.5)  # a frame for the renderer to place the widget
     return driver.execute_script(f"""
-        const state = {SAMPLER_JS}.cutdiffusion;
+        const node = {SAMPLER_JS};
+        const state = node.cutdiffusion;
         const text = cls => state.element.querySelector(cls)?.textContent;
         const svgs = state.element.querySelectorAll('svg');
+        const box = state.element.getBoundingClientRect();
+        // What a user sees at the middle of the preview: the preview itself, nothing over it.
+        const hit = document.elementFromPoint(box.x + box.width / 2, box.y + box.height / 2);
+        const vueNode = document.querySelector(`.lg-node[data-node-id="${{node.id}}"]`);
         return {{plan: state.plan, steps: text('.cutdiff-steps'), evals: text('.cutdiff-evals'),
                  captions: Array.from(state.element.querySelectorAll('.cutdiff-caption')).map(c => c.textContent),
                  stage1_rects: svgs[0].querySelectorAll('rect').length - 1,
                  stage2_rects: svgs[1].querySelectorAll('rect').length - 1,
-                 visible: state.element.getBoundingClientRect().height > 100}};""")
+                 dom_widget: node.widgets.some(w => w.name === 'cutdiffusion_plan' && w.element === state.element),
+                 visible: state.element.isConnected && box.height > 100 && box.width > 100
+                          && state.element.contains(hit),
+                 in_vue_node: !!vueNode && vueNode.contains(state.element)}};""")
 
 
 def _set_widget(driver, node_js: str, name: str, value) -> None:
@@ -160,7 +191,7 @@ def test_plan_preview_shows_the_numbers_for_two_settings(page, capsys):
     saved = page.execute_async_script(f"""
         const done = arguments[0];
         const node = {SAMPLER_JS};
-        const workflow = app.graph.serialize().nodes.find(n => n.id === node.id);
+        const workflow = app.graph.serialize().nodes.find(n => String(n.id) === String(node.id));
         app.graphToPrompt().then(p => done({{values: workflow.widgets_values,
             inputs: (workflow.inputs ?? []).map(i => i.name), prompt: Object.keys(p.output[node.id].inputs)}}));""")
     rt.init_nodes()   # the live definitions, in-process, to compare with
@@ -171,9 +202,140 @@ def test_plan_preview_shows_the_numbers_for_two_settings(page, capsys):
     _report(capsys, f"screenshots in {SHOTS}")
 
 
+def _frontend_version(driver) -> str:
+    return driver.execute_script("return window.__COMFYUI_FRONTEND_VERSION__ ?? 'unknown'")
+
+
+def _set_vue_nodes(driver, enabled: bool) -> bool:
+    """Switch Nodes 2.0 as the settings dialog does; True once the nodes render that way
+    (a frontend without Vue nodes never draws .lg-node elements: False)."""
+    error = driver.execute_async_script("""
+        const [id, value, done] = arguments;
+        Promise.resolve(app.extensionManager.setting.set(id, value)).then(() => done(null), e => done(String(e)));""",
+        VUE_SETTING, enabled)
+    assert error is None, error
+    deadline = time.monotonic() + VUE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if driver.execute_script(f"return !!document.querySelector('.lg-node[data-node-id]') === {str(enabled).lower()}"):
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def _advanced_by_server(class_type: str) -> set[str]:
+    """The inputs the running server marks advanced in /object_info (none on ComfyUI 0.3.75)."""
+    info = comfy_server.shared().get_json(f"/object_info/{class_type}")[class_type]["input"]
+    return {name for section in ("required", "optional") for name, spec in info.get(section, {}).items()
+            if len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("advanced")}
+
+
+def _shown_widgets(driver, node_js: str) -> list[str]:
+    """The widget names a user sees on a node: Vue-rendered rows (their labels) with Nodes 2.0,
+    else the canvas widgets LiteGraph draws (isWidgetVisible; every widget before frontends with it)."""
+    return driver.execute_script(f"""
+        const node = {node_js};
+        const host = document.querySelector(`.lg-node[data-node-id="${{node.id}}"]`);
+        if (host) {{
+            const label = row => Array.from(row.querySelectorAll('*'))
+                .find(e => e.children.length === 0 && e.textContent.trim())?.textContent.trim();
+            const labels = Array.from(host.querySelectorAll('.lg-node-widget')).map(label);
+            return node.widgets.filter(w => labels.includes(w.label ?? w.name) || labels.includes(w.name))
+                .map(w => w.name);
+        }}
+        return node.widgets.filter(w => node.isWidgetVisible ? node.isWidgetVisible(w) : !w.hidden).map(w => w.name);""")
+
+
+@pytest.mark.parametrize("vue_nodes", [False, True], ids=["classic_canvas", "nodes_2_0"])
+def test_plan_preview_in_both_renderers(page, vue_nodes, capsys):
+    """The plan preview is a DOM widget: visible on the node with the classic canvas and with
+    Nodes 2.0, with the numbers of the pack's own plan, following an upstream size change (which
+    calls nothing on the sampler; Nodes 2.0 draws no node bodies on the canvas). Expert inputs
+    are hidden wherever the frontend hides advanced inputs (as it does for ComfyUI's own)."""
+    version = _frontend_version(page)
+    try:
+        if not _set_vue_nodes(page, vue_nodes):
+            pytest.skip(f"frontend {version} renders no Vue nodes ({VUE_SETTING})")
+        _load_template(page, "cutdiffusion_sdxl_2048")
+        _show_sampler(page)
+        latent = "app.graph.nodes.find(n => n.type === 'EmptyLatentImage')"
+        size = (3072, 2048) if vue_nodes else (2048, 3072)
+        _set_widget(page, latent, "width", size[0])
+        _set_widget(page, latent, "height", size[1])
+        _set_widget(page, SAMPLER_JS, "steps", 30)
+        _set_widget(page, SAMPLER_JS, "scheduler", "karras")
+        _set_widget(page, SAMPLER_JS, "stage_split", 0.6)
+        _shown_plan(page, "stage_split=0.6")   # the last change: the query then has all of them
+        _bring_plan_into_view(page)
+        shown = _shown_plan(page, "stage_split=0.6")
+        page.save_screenshot(str(SHOTS / f"plan_{'nodes_2_0' if vue_nodes else 'classic'}.png"))
+
+        expected = preview_plan({"width": size[0], "height": size[1], "steps": 30, "cfg": 7.5,
+                                 "scheduler": "karras", "stage_split": 0.6})
+        t1, t2, grid, windows = (expected["stage1_steps"], expected["stage2_steps"], expected["grid"],
+                                 expected["windows"])
+        assert shown["dom_widget"] and shown["visible"], shown
+        assert shown["in_vue_node"] == vue_nodes, shown
+        assert shown["steps"] == f"{size[0]}×{size[1]} px · steps: {t1} + {t2}"
+        assert shown["evals"].startswith(
+            f"{expected['evaluations_per_image']} model evaluations per image "
+            f"({expected['evaluations_with_cfg']} with CFG) · MultiDiffusion: {expected['multidiffusion_evaluations']}")
+        assert shown["captions"] == [f"stage 1: {t1} steps, {grid['rows']}×{grid['cols']} patches",
+                                     f"stage 2: {t2} steps, {windows['rows']}×{windows['cols']} windows"]
+        assert (shown["stage1_rects"], shown["stage2_rects"]) == (grid["rows"] * grid["cols"], windows["count"])
+
+        # Advanced inputs: hidden by default where the frontend hides them, like its own nodes' ones.
+        advanced = _advanced_by_server("CutDiffusionKSampler")
+        widgets = _shown_widgets(page, SAMPLER_JS)
+        if not advanced:
+            assert set(SAMPLER_BASIC_WIDGETS) <= set(widgets), widgets
+            _report(capsys, f"frontend {version}, {'Nodes 2.0' if vue_nodes else 'classic canvas'}: plan shown; "
+                            f"this ComfyUI marks no input advanced, all {len(widgets)} widgets shown")
+            return
+        assert advanced == {w.name for w in uw.widget_specs("CutDiffusionKSampler")} - set(SAMPLER_BASIC_WIDGETS)
+        reference_hidden = _frontend_hides_advanced(page)
+        shown_advanced = advanced & set(widgets)
+        assert set(SAMPLER_BASIC_WIDGETS) <= set(widgets), widgets
+        assert shown_advanced == (set() if reference_hidden else advanced), widgets
+        if reference_hidden and vue_nodes:
+            # ...and the node's own "Show advanced inputs" brings them back.
+            page.execute_script(f"""
+                const node = {SAMPLER_JS};
+                document.querySelector(`.lg-node[data-node-id="${{node.id}}"] [data-testid=advanced-inputs-button]`)
+                  .click();""")
+            _wait(page, f"{SAMPLER_JS}.showAdvanced", PAGE_TIMEOUT_S, "Show advanced inputs")
+            time.sleep(0.5)
+            assert advanced <= set(_shown_widgets(page, SAMPLER_JS))
+        basic = [w for w in widgets if w != "cutdiffusion_plan"]
+        _report(capsys, f"frontend {version}, {'Nodes 2.0' if vue_nodes else 'classic canvas'}: plan shown; "
+                        f"{len(basic)} widgets by default ({', '.join(basic)}); advanced inputs "
+                        f"{'hidden' if reference_hidden else 'shown (this renderer shows every advanced input, ComfyUI’s own too)'}")
+    finally:
+        _set_vue_nodes(page, False)
+
+
+def _frontend_hides_advanced(driver) -> bool:
+    """Whether this renderer hides an advanced input of ComfyUI's own VAEDecodeTiled by default."""
+    assert "tile_size" in _advanced_by_server("VAEDecodeTiled")
+    driver.execute_script(f"""
+        const sampler = {SAMPLER_JS};
+        const node = LiteGraph.createNode('VAEDecodeTiled');
+        node.pos = [sampler.pos[0] + 420, sampler.pos[1] + 600];   // on screen, not culled
+        app.graph.add(node);
+        window.__cutdiffReference = node;""")
+    try:
+        if driver.execute_script("return !!document.querySelector('.lg-node[data-node-id]')"):
+            _wait(driver, "document.querySelector(`.lg-node[data-node-id=\"${window.__cutdiffReference.id}\"]`)",
+                  PAGE_TIMEOUT_S, "the Vue-rendered VAEDecodeTiled")
+            time.sleep(0.5)
+        return "tile_size" not in _shown_widgets(driver, "window.__cutdiffReference")
+    finally:
+        driver.execute_script("app.graph.remove(window.__cutdiffReference); delete window.__cutdiffReference;")
+
+
 def test_demo_workflow_runs_from_the_run_button(page, capsys):
     from selenium.webdriver.common.by import By
 
+    rt.init_nodes()   # the live definitions, for the saved widget values
     _load_template(page, "cutdiffusion_demo_model")
     _show_sampler(page)
     shown = _shown_plan(page, "model_source=CutDiffusionDemoModel")
@@ -201,5 +363,16 @@ def test_demo_workflow_runs_from_the_run_button(page, capsys):
     made, skipped = map(int, re.fullmatch(r"AdaptiveDiffusion: (\d+) evaluations made, (\d+) skipped",
                                           adaptive).groups())
     assert made + skipped == 12 and made >= 4, adaptive   # one per step; the warm-up steps always run
+    # The same line on AdaptiveDiffusion itself, as a DOM widget that is never saved.
+    on_node = page.execute_script("""
+        const node = app.graph.nodes.find(n => n.type === 'AdaptiveDiffusion');
+        const widget = node.widgets.find(w => w.name === 'cutdiffusion_adaptive_report');
+        const saved = app.graph.serialize().nodes.find(n => String(n.id) === String(node.id));
+        const box = widget?.element?.getBoundingClientRect();
+        const hit = box && document.elementFromPoint(box.x + box.width / 2, box.y + box.height / 2);
+        return {text: widget?.element?.textContent, values: saved.widgets_values.length,
+                shown: !!widget?.element?.isConnected && box.height >= 12 && widget.element.contains(hit)};""")
+    assert on_node["text"] == adaptive and on_node["shown"], on_node
+    assert on_node["values"] == sum(1 + w.extra_values for w in uw.widget_specs("AdaptiveDiffusion"))
     page.save_screenshot(str(SHOTS / "demo_adaptive_run.png"))
     _report(capsys, f"demo run: {report}; {adaptive}; screenshots in {SHOTS}")

@@ -5,6 +5,7 @@ import torch
 import comfy.sample
 
 import comfy_runtime as rt
+import ui_workflow as uw
 from helpers import run_cut
 
 from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
@@ -51,6 +52,45 @@ def test_pack_registers_its_nodes_with_tooltips():
         assert schema.description and schema.category.startswith("sampling/cutdiffusion")
         for inp in schema.inputs:
             assert inp.tooltip, f"{name}.{inp.id} has no tooltip"
+
+
+PATCH_INPUTS = ["patch_size", "window_stride", "stage_split", "window_batch_size", "window_jitter",
+                "pixel_interaction", "stage2_mode", "window_weights", "min_stage1_steps", "global_guidance"]
+# Every input in order: saved workflows store widget values by position, so names and order never change.
+INPUT_ORDER = {
+    "CutDiffusion": ["model", *PATCH_INPUTS],
+    "CutDiffusionKSampler": ["model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+                             "latent_image", "denoise", *PATCH_INPUTS],
+    "AdaptiveDiffusion": ["model", "threshold", "max_skip_steps", "warmup_steps", "start_percent", "end_percent"],
+}
+# The expert inputs, hidden by the frontend until "Show advanced inputs" where ComfyUI can mark them.
+ADVANCED = {
+    "CutDiffusion": set(PATCH_INPUTS) - {"stage_split"},
+    "CutDiffusionKSampler": set(PATCH_INPUTS) - {"stage_split"},
+    "AdaptiveDiffusion": {"warmup_steps", "start_percent", "end_percent"},
+}
+
+
+def test_expert_inputs_are_advanced_where_comfyui_supports_it():
+    """advanced=True on the expert inputs where this ComfyUI's V3 inputs take the parameter
+    (0.33.0), none on 0.3.75, whose io.Input has no such parameter; names and order unchanged."""
+    import inspect
+    import nodes
+    from comfy_api.latest import io
+
+    status = rt.init_nodes()
+    assert status["loaded"], status["error"]
+    supported = "advanced" in inspect.signature(io.Int.Input.__init__).parameters
+    for name, order in INPUT_ORDER.items():
+        spec = nodes.NODE_CLASS_MAPPINGS[name].INPUT_TYPES()
+        inputs = {k: v for section in ("required", "optional") for k, v in spec.get(section, {}).items()}
+        assert list(inputs) == order, name
+        flagged = {k for k, v in inputs.items() if len(v) > 1 and (v[1] or {}).get("advanced")}
+        assert flagged == (ADVANCED[name] if supported else set()), name
+    # The sampler keeps KSampler's widgets (and stage_split) in view: seed (+ its control), steps,
+    # cfg, sampler, scheduler, denoise, stage_split.
+    basic = [w.name for w in uw.widget_specs("CutDiffusionKSampler") if w.name not in ADVANCED["CutDiffusionKSampler"]]
+    assert basic == ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise", "stage_split"]
 
 
 def test_cutdiffusion_ksampler_runs_in_the_executor_with_progress():

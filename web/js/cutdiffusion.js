@@ -4,6 +4,11 @@
 // route (nodes/plan_route.py), which runs the same Python plan code a sampling
 // run uses. After a run the node's own report (ui output "cutdiffusion") and
 // AdaptiveDiffusion's websocket event replace guesses with what happened.
+//
+// Everything the extension shows is a DOM widget (node.addDOMWidget), never
+// drawn on the canvas, so it shows both on the classic LiteGraph canvas and
+// with Nodes 2.0 (Vue-rendered nodes, setting Comfy.VueNodes.Enabled), where
+// the canvas draws no node bodies and onDrawForeground may never run.
 
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
@@ -14,7 +19,14 @@ const ADAPTIVE_NODE = "AdaptiveDiffusion";
 const ADAPTIVE_EVENT = "cutdiffusion.adaptive";
 const PLAN_ROUTE = "/cutdiffusion/plan";
 const WIDGET_NAME = "cutdiffusion_plan";
+const ADAPTIVE_WIDGET_NAME = "cutdiffusion_adaptive_report";
 const PLAN_HEIGHT = 300;
+// The canvas gives a DOM widget its height less twice its margin (default 10 px).
+const ADAPTIVE_HEIGHT = 24;
+const ADAPTIVE_MARGIN = 4;
+// Upstream width/height edits (on the Empty Latent Image) call nothing on this
+// node: the (cheap, local) query is re-checked on this timer, on either renderer.
+const POLL_MS = 400;
 // Widgets of the node that change the plan (all others, e.g. seed, do not).
 const PLAN_WIDGETS = ["steps", "cfg", "sampler_name", "scheduler", "denoise", "patch_size", "window_stride",
   "stage_split", "window_jitter", "stage2_mode", "min_stage1_steps", "global_guidance"];
@@ -108,6 +120,16 @@ async function refresh(node) {
   render(node);
 }
 
+// The CutDiffusion KSampler nodes with a plan widget, for the timer.
+const samplers = new Set();
+
+function pollSamplers() {
+  for (const node of samplers) {
+    if (node.graph?.getNodeById(node.id) === node) refresh(node);
+    else samplers.delete(node);   // removed, or its workflow closed (undo and reload make new nodes)
+  }
+}
+
 function addPlanWidget(node) {
   const element = document.createElement("div");
   element.className = "cutdiff-plan";
@@ -137,13 +159,19 @@ function addPlanWidget(node) {
     refresh(node);
     return result;
   };
-  // Upstream width/height edits (on the Empty Latent Image) trigger no callback
-  // here, but they redraw the canvas: re-check the (cheap) query on every draw.
+  // On the classic canvas a redraw follows every edit: re-check at once there
+  // (Nodes 2.0 draws no node bodies on the canvas; the timer covers it).
   const onDrawForeground = node.onDrawForeground;
   node.onDrawForeground = function (...args) {
     const result = onDrawForeground?.apply(this, args);
     refresh(node);
     return result;
+  };
+  samplers.add(node);
+  const onRemoved = node.onRemoved;
+  node.onRemoved = function (...args) {
+    samplers.delete(node);
+    return onRemoved?.apply(this, args);
   };
   const onExecuted = node.onExecuted;
   node.onExecuted = function (output) {
@@ -159,14 +187,42 @@ function addPlanWidget(node) {
   node.setSize([Math.max(width, 380), Math.max(height, node.computeSize()[1])]);
 }
 
+// A one-line report under the AdaptiveDiffusion node's widgets after a run.
+function addAdaptiveWidget(node) {
+  const element = document.createElement("div");
+  element.className = "cutdiff-adaptive-report";
+  element.textContent = "evaluations made / skipped: after a run";
+  const widget = node.addDOMWidget(ADAPTIVE_WIDGET_NAME, "cutdiffusion_adaptive_report", element, {
+    serialize: false,
+    hideOnZoom: false,
+    margin: ADAPTIVE_MARGIN,
+    getMinHeight: () => ADAPTIVE_HEIGHT,
+    getMaxHeight: () => ADAPTIVE_HEIGHT,
+  });
+  widget.serialize = false;
+  node.cutdiffusionAdaptiveElement = element;
+}
+
+// Node ids are numbers in older frontends and strings on the canvas since
+// frontend 1.49 (graph.serialize() still gives numbers): look up both.
+function findNode(nodeId) {
+  const graph = app.graph;
+  if (!graph || nodeId == null) return null;
+  return graph.getNodeById(nodeId) ?? graph.getNodeById(String(nodeId)) ?? graph.getNodeById(Number(nodeId)) ?? null;
+}
+
 // AdaptiveDiffusion reports {node, evaluated, skipped} per run: show it on its
 // own node and on every CutDiffusion KSampler its MODEL output feeds.
 function onAdaptiveEvent(event) {
   const { node: nodeId, evaluated, skipped } = event.detail ?? {};
-  const source = app.graph?.getNodeById(Number(nodeId));
+  const source = findNode(nodeId);
   if (!source) return;
   const text = `AdaptiveDiffusion: ${evaluated} evaluations made, ${skipped} skipped`;
   source.cutdiffusionAdaptive = text;
+  if (source.cutdiffusionAdaptiveElement) {
+    source.cutdiffusionAdaptiveElement.textContent = text;
+    source.cutdiffusionAdaptiveElement.classList.add("cutdiff-reported");
+  }
   source.setDirtyCanvas?.(true, false);
   for (const target of downstreamSamplers(source)) {
     target.cutdiffusion.adaptive = text;
@@ -183,7 +239,7 @@ function downstreamSamplers(source) {
     for (const output of node.outputs ?? []) {
       if (output.type !== "MODEL") continue;
       for (const linkId of output.links ?? []) {
-        const target = app.graph.getNodeById(app.graph.getLink(linkId)?.target_id);
+        const target = findNode(app.graph.getLink?.(linkId)?.target_id ?? app.graph.links?.[linkId]?.target_id);
         if (!target || seen.has(target.id)) continue;
         seen.add(target.id);
         if (target.comfyClass === SAMPLER_NODE && target.cutdiffusion) found.push(target);
@@ -201,6 +257,7 @@ app.registerExtension({
     style.textContent = PLAN_STYLE;
     document.head.appendChild(style);
     api.addEventListener(ADAPTIVE_EVENT, onAdaptiveEvent);
+    setInterval(pollSamplers, POLL_MS);
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name === SAMPLER_NODE) {
@@ -211,17 +268,10 @@ app.registerExtension({
         return result;
       };
     } else if (nodeData.name === ADAPTIVE_NODE) {
-      // A one-line report under the AdaptiveDiffusion node's widgets after a run.
-      const onDrawForeground = nodeType.prototype.onDrawForeground;
-      nodeType.prototype.onDrawForeground = function (ctx) {
-        const result = onDrawForeground?.apply(this, arguments);
-        if (this.cutdiffusionAdaptive && !this.flags?.collapsed) {
-          ctx.save();
-          ctx.font = "11px sans-serif";
-          ctx.fillStyle = "#8fd18f";
-          ctx.fillText(this.cutdiffusionAdaptive, 8, this.size[1] + 14);
-          ctx.restore();
-        }
+      const onNodeCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function (...args) {
+        const result = onNodeCreated?.apply(this, args);
+        addAdaptiveWidget(this);
         return result;
       };
     }

@@ -121,4 +121,7 @@ export const PLAN_STYLE = `
 .cutdiff-assumptions, .cutdiff-note { opacity: 0.6; margin-top: 2px; }
 .cutdiff-error { color: #ff7070; }
 .cutdiff-last-run { color: #8fd18f; }
+.cutdiff-adaptive-report { font: 11px sans-serif; color: var(--input-text, #ddd); opacity: 0.6; padding: 2px 4px;
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.cutdiff-adaptive-report.cutdiff-reported { color: #8fd18f; opacity: 1; }
 `;
