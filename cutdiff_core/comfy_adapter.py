@@ -138,6 +138,54 @@ def _check_other_patches(model_options: dict) -> None:
             raise ValueError(f"CutDiffusion: {_INCOMPATIBLE[fn.__module__]}")
 
 
+def _pad_mask(mask: torch.Tensor, shape: torch.Size, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """The denoise mask for the padded latent, one per image.
+
+    ComfyUI 0.4+ hands the wrapper a mask already shaped like the latent, which
+    `prepare_mask` must not see again (it would fold the batch into channels and
+    give every image image 0's mask); older versions prepare it later, inside the
+    sampler, so there the padded mask keeps one channel to be prepared once.
+    """
+    prepared_by_host = tuple(mask.shape) == tuple(shape)
+    if not prepared_by_host:
+        mask = comfy.sampler_helpers.prepare_mask(mask, shape, mask.device)[:, :1]
+    return F.pad(mask, pad, mode="replicate")
+
+
+def _pad_image_conds(conds: dict, height: int, width: int, pad: tuple[int, int, int, int]) -> None:
+    """Say the requested size to size-conditioned models, and pad image-shaped conds like the latent.
+
+    ComfyUI derives SDXL's size conditioning from the latent it samples; on the padded
+    latent that would be the padded size, but the reference conditions on the image
+    asked for. Inpainting inputs at the requested size are padded the way the latent
+    is, instead of being stretched to the padded size by the model's own resize.
+    """
+    for cond_list in conds.values():
+        for cond in cond_list or []:
+            cond.setdefault("width", width * LATENT_SCALE)
+            cond.setdefault("height", height * LATENT_SCALE)
+            for key in ("concat_latent_image", "concat_mask"):   # latent size, or pixels for the mask
+                image = cond.get(key)
+                if isinstance(image, torch.Tensor) and image.ndim == 4:
+                    scale = image.shape[-1] // width
+                    if scale in (1, LATENT_SCALE) and tuple(image.shape[-2:]) == (height * scale, width * scale):
+                        cond[key] = F.pad(image, tuple(p * scale for p in pad), mode="replicate")
+
+
+def _views_of_image_conds(cond: dict, frame_hw: tuple[int, int], batch: int, view) -> dict:
+    """A copy of `cond` whose image-shaped model conds (an inpainting model's concat
+    latent and mask) are cut the way the latent is: `view` maps the full frame
+    `[batch, C, H, W]` to the stack of patches or windows the model sees."""
+    model_conds = cond.get("model_conds", {})
+    cut = {}
+    for name, value in model_conds.items():
+        data = getattr(value, "cond", None)
+        if (isinstance(value, comfy.conds.CONDNoiseShape) and isinstance(data, torch.Tensor) and data.ndim == 4
+                and tuple(data.shape[-2:]) == tuple(frame_hw)):
+            cut[name] = comfy.conds.CONDNoiseShape(view(comfy.utils.repeat_to_batch_size(data, batch)))
+    return dict(cond, model_conds=dict(model_conds, **cut)) if cut else cond
+
+
 def _repeat_timestep(timestep: torch.Tensor, times: int) -> torch.Tensor:
     return timestep.repeat(times) if timestep.ndim == 1 else timestep
 
@@ -175,6 +223,7 @@ class CutDiffusionPatch:
         grid = run.plan.grid
         if grid.pad_h or grid.pad_w:
             noise, latent_image, denoise_mask = self._pad(run, noise, latent_image, denoise_mask)
+            _pad_image_conds(guider.conds, height, width, (0, grid.pad_w, 0, grid.pad_h))
             if kwargs.get("latent_shapes") is not None and len(kwargs["latent_shapes"]) == 1:
                 kwargs["latent_shapes"] = [noise.shape]
         run.draw_stage2_schedule()
@@ -206,7 +255,9 @@ class CutDiffusionPatch:
         report = self.report if self.report is not None else RunReport()
         report.plan, report.batch, report.notes = plan, noise.shape[0], []
         report.stage1_evaluations = report.stage2_evaluations = 0
-        if plan.steps == 1 and 0.0 < cfg.stage_split < 1.0:
+        # One step from above the split to zero noise cannot be two stages. A one-step
+        # segment of a longer schedule (KSamplerAdvanced, SplitSigmas) has its stage.
+        if plan.steps == 1 and plan.stage1_steps == 1 and sigma_list[-1] <= 0.0 and 0.0 < cfg.stage_split < 1.0:
             report.plan = None
             report.notes.append("a 1-step run cannot be split into two stages: sampled plainly at the target size")
             log.info("CutDiffusion: %s", report.notes[-1])
@@ -230,8 +281,7 @@ class CutDiffusionPatch:
         pad = (0, grid.pad_w, 0, grid.pad_h)
         latent_image = F.pad(latent_image, pad, mode="replicate")
         if denoise_mask is not None:
-            denoise_mask = comfy.sampler_helpers.prepare_mask(denoise_mask, noise.shape, denoise_mask.device)
-            denoise_mask = F.pad(denoise_mask, pad, mode="replicate")
+            denoise_mask = _pad_mask(denoise_mask, noise.shape, pad)
         return padded, latent_image, denoise_mask
 
     # -- SAMPLER_SAMPLE -------------------------------------------------------
@@ -350,17 +400,25 @@ class CutDiffusionPatch:
         """The patch stack in batches of `window_batch_size` patches, so a small window batch
         bounds stage 1's memory as it does stage 2's (the stack is patch-major: a batch of
         whole patches keeps every cond aligned with its images)."""
-        per_patch = x_in.shape[0] // run.plan.grid.n
+        grid = run.plan.grid
+        per_patch = x_in.shape[0] // grid.n
         patches = self._window_batch(run, model, x_in[:per_patch], Window(0, 0, *x_in.shape[-2:]),
                                      sum(c is not None for c in conds))
-        if patches >= run.plan.grid.n:
-            return executor(model, conds, x_in, timestep, model_options)
+        frame = (grid.padded_h, grid.padded_w)
+
+        def patch_conds(start: int, stop: int):
+            view = lambda image: unfold_patches(image, grid.rows, grid.cols)[start:stop]
+            return [None if c is None else [_views_of_image_conds(cond, frame, per_patch, view) for cond in c]
+                    for c in conds]
+
+        if patches >= grid.n:
+            return executor(model, patch_conds(0, x_in.shape[0]), x_in, timestep, model_options)
         step = patches * per_patch
         parts = []
         for start in range(0, x_in.shape[0], step):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            parts.append(executor(model, conds, x_in[start:start + step], timestep[start:start + step],
-                                  model_options))
+            parts.append(executor(model, patch_conds(start, start + step), x_in[start:start + step],
+                                  timestep[start:start + step], model_options))
         return [torch.cat(outs) for outs in zip(*parts)]
 
     def _window_batch(self, run: RunState, model, x_in, window: Window, cond_halves: int) -> int:
@@ -394,6 +452,8 @@ class CutDiffusionPatch:
                     controls[id(control)] = crop_control(control, windows, batch, (height, width), shift,
                                                          run.hint_cache)
                 cond = dict(cond, control=controls[id(control)])
+            cond = _views_of_image_conds(cond, (height, width), batch, lambda image: crop_windows(
+                torch.roll(image, (-shift[0], -shift[1]), (-2, -1)) if shift != (0, 0) else image, windows))
             model_conds = cond.get("model_conds", {})
             y = model_conds.get("y")
             slot = _sdxl_crop_slot(model, y.cond.shape[-1]) if y is not None else None

@@ -183,10 +183,13 @@ def stage1_steps(sigmas: Sequence[float], split_sigma: float, stage_split: float
     """Number of stage-1 steps (T1, the paper's T') for a run's sigma schedule.
 
     Spec 3.5: the split is a noise level; stage 1 runs the steps whose starting
-    sigma is above `split_sigma` (= percent_to_sigma(stage_split)). Whenever
-    0 < stage_split < 1 and there are >= 2 steps, each stage gets >= 1 step --
-    except that a run starting below the split (img2img with a low denoise)
-    starts in stage 2; `min_steps` then forces stage 1 to that many steps.
+    sigma is above `split_sigma` (= percent_to_sigma(stage_split)). A run that
+    ends at zero noise and has >= 2 steps gives each stage >= 1 step when
+    0 < stage_split < 1 -- except that a run starting below the split (img2img
+    with a low denoise) starts in stage 2; `min_steps` then forces stage 1 to
+    that many steps. A run that stops with noise left (KSamplerAdvanced's first
+    node, SplitSigmas' high half) is a segment of a longer schedule and takes its
+    stages from the noise levels alone, so two segments split like one run.
     """
     steps = len(sigmas) - 1
     if steps <= 0 or stage_split <= 0.0:
@@ -197,7 +200,7 @@ def stage1_steps(sigmas: Sequence[float], split_sigma: float, stage_split: float
     while t1 < steps and float(sigmas[t1]) > split_sigma:
         t1 += 1
     # A run that starts above the split has t1 >= 1 already; keep one step for stage 2.
-    if steps >= 2:
+    if steps >= 2 and float(sigmas[-1]) <= 0.0:
         t1 = min(t1, steps - 1)
     return max(t1, min(min_steps, steps))
 

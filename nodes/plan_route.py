@@ -20,7 +20,7 @@ import comfy.samplers
 
 from ..cutdiff_core.config import RANGES, CutDiffusionConfig, validate_config, validate_stride
 from ..cutdiff_core.demo_model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
-from ..cutdiff_core.plan import LATENT_SCALE, STAGE2_MODES, make_plan
+from ..cutdiff_core.plan import LATENT_SCALE, STAGE2_MODES, make_plan, window_layout
 
 log = logging.getLogger("cutdiffusion")
 
@@ -137,10 +137,16 @@ def preview_plan(params: dict) -> dict:
         "steps": plan.steps, "stage1_steps": plan.stage1_steps, "stage2_steps": plan.stage2_steps,
         "evaluations_per_image": per_image,
         "evaluations_with_cfg": per_image * cfg_halves,
-        "multidiffusion_evaluations": plan.steps * len(layout.ys) * len(layout.xs),
+        "multidiffusion_evaluations": plan.steps * _multidiffusion_windows(grid, native, stride, config.window_jitter),
         "assumptions": assumptions,
         "summary": plan.summary(),
     }
+
+
+def _multidiffusion_windows(grid, native: int, stride: int, jitter: bool) -> int:
+    """Windows per step of plain MultiDiffusion (stage_split 0) over the same latent: the
+    overlapping windows, whatever stage2_mode the node uses."""
+    return window_layout(grid.padded_h, grid.padded_w, native, native, stride, stride, jitter, "overlap").count
 
 
 def _drawn_windows(layout) -> list:
