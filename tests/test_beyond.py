@@ -3,15 +3,11 @@ other model patches, few-step models."""
 import pytest
 import torch
 
-import comfy.controlnet
-import comfy.cldm.cldm
-import comfy.model_management
-import comfy.ops
 import comfy.utils
 from comfy_extras import nodes_easycache, nodes_freelunch, nodes_model_downscale, nodes_pag, nodes_sag
 
 import comfy_runtime as rt
-from helpers import CountingModel, run_cut
+from helpers import CountingModel, run_cut, tiny_controlnet
 
 from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
 from comfyui_cutdiffusion.cutdiff_core.plan import global_guidance_weight, make_plan
@@ -161,18 +157,9 @@ def test_feathered_run_differs_from_uniform(model, conds):
 
 # -- ControlNet ------------------------------------------------------------------------------------
 
-def _tiny_controlnet(model):
-    config = dict(model.model.model_config.unet_config)
-    config.pop("out_channels")
-    config.update(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="cpu")
-    control_model = comfy.cldm.cldm.ControlNet(**config)
-    rt._init_weights(control_model, seed=5)
-    return comfy.controlnet.ControlNet(control_model, load_device=comfy.model_management.get_torch_device())
-
-
 def test_controlnet_hint_is_cropped_per_window(model, conds):
     hint = torch.rand(1, 3, 200, 260, generator=torch.Generator().manual_seed(0))
-    control = _tiny_controlnet(model).set_cond_hint(hint, 1.0, (0.0, 1.0))
+    control = tiny_controlnet(model).set_cond_hint(hint, 1.0, (0.0, 1.0))
     pos, neg = conds
     with_control = ([[pos[0][0], dict(pos[0][1], control=control)]], [[neg[0][0], dict(neg[0][1], control=control)]])
     seen = []

@@ -49,14 +49,35 @@ def test_auto_patch_size_is_the_model_native_size(model):
     assert comfy_adapter.native_size_px(rt.tiny_sd15()) == 512
 
 
-def test_multidiffusion_special_case_matches_reference(model, conds):
-    # stage_split 0, jitter off: plain MultiDiffusion at the target size (spec 3.5).
-    latent = rt.empty_latent(2 * PATCH, 3 * PATCH // 2)
+# Known bug in cutdiff_core (found by this test, reported; not fixed here): at stage_split 0 the pack
+# still pads the latent to the stage-1 patch grid (fresh noise in the new rows/columns) and lays the
+# stage-2 windows over that padded latent, so the windows, their overlap counts and the last window's
+# snap differ from MultiDiffusion at the requested size. Measured on 408x264: the pack equals the
+# reference run on the *padded* latent with the requested SDXL size (max diff 4e-4 of 450), so the size
+# conditioning is right; it differs from target-size MultiDiffusion by ~100. Strict: once stage_split 0
+# samples the requested latent these cases pass and the marks must go.
+PADDED_MULTIDIFFUSION_BUG = ("stage_split 0 on a size that is not a multiple of the patch grid: stage-2 "
+                             "windows are laid over the padded latent, not the requested one (spec 3.5)")
+
+
+@pytest.mark.parametrize("w_px, h_px", [
+    (2 * PATCH, 3 * PATCH // 2),   # 64x48 latent: a 2x2 patch grid, no padding
+    # 51x33: a 2x2 grid of 26x17 patches needs one padded row and column
+    pytest.param(408, 264, marks=pytest.mark.xfail(strict=True, reason=PADDED_MULTIDIFFUSION_BUG)),
+    # 75x45, 1000x600's aspect: a 2x3 grid of 25x23 patches, one padded row
+    pytest.param(600, 360, marks=pytest.mark.xfail(strict=True, reason=PADDED_MULTIDIFFUSION_BUG)),
+])
+def test_multidiffusion_special_case_matches_reference(model, conds, w_px, h_px):
+    # stage_split 0, jitter off: plain MultiDiffusion at the target size (spec 3.5), on sizes that
+    # are not multiples of the patch grid too: the reference lays its windows over the requested
+    # latent and gives SDXL the requested size, whatever padding stage 1 would need.
+    latent = rt.empty_latent(w_px, h_px)
     sigmas = schedule(model, 4)
     expected = reference_cutdiffusion(model, latent, 3, sigmas, 0, conds, 5.0, NATIVE, NATIVE // 2)
     got, report = run_cut(model, latent, seed=3, steps=4, conds=conds, patch_size=PATCH, stage_split=0.0,
                           window_jitter=False)
     assert report.plan.stage1_steps == 0
+    assert got.shape == expected.shape == (1, 4, h_px // 8, w_px // 8)
     assert_matches_reference(got, expected)
 
 
@@ -217,11 +238,22 @@ def test_any_size_and_aspect_ratio(model, conds, w_px, h_px):
 
 
 def test_batch_matches_per_image_reference(model, conds):
-    # Each image of a batch gets its own patch stack and permutations: image b of a batch-2 run
-    # follows the same algorithm as the reference, with the batch's own noise.
-    latent = rt.empty_latent(2 * PATCH, 2 * PATCH, batch=2)
-    got, _ = run_cut(model, latent, seed=8, steps=3, conds=conds, patch_size=PATCH, stage_split=1.0)
-    assert got.shape[0] == 2 and (got[0] - got[1]).abs().mean() > 1e-2
+    # Each image of a batch gets its own patch stack and permutations: image b of a batch-2 run is
+    # the single-image reference run on image b alone (its slice of ComfyUI's batch noise and of
+    # each evaluation's permutation draw), through both stages. Compared to float32 precision
+    # (assert_matches_reference: atol 1e-5 of the latent's scale), not bit for bit: the batch
+    # goes through the model in other batches than the reference's.
+    latent = rt.empty_latent(2 * PATCH, 3 * PATCH // 2, batch=2)   # 48x64 latent: 2x2 patches of 24x32
+    sigmas = schedule(model, 4)
+    t1 = stage1_steps(sigmas.tolist(), model.model.model_sampling.percent_to_sigma(0.5), 0.5)
+    got, report = run_cut(model, latent, seed=8, steps=4, conds=conds, patch_size=PATCH, window_jitter=False)
+    assert 0 < report.plan.stage1_steps == t1 < 4 and report.plan.grid.n == 4
+    assert got.shape == (2, 4, 3 * NATIVE // 2, 2 * NATIVE)
+    for b in range(2):
+        expected = reference_cutdiffusion(model, latent, 8, sigmas, t1, conds, 5.0, NATIVE, NATIVE // 2,
+                                          batch_index=b)
+        assert_matches_reference(got[b:b + 1], expected)
+    assert (got[0] - got[1]).abs().mean() > 1e-2   # two different images, not one twice
 
 
 def test_sixteen_channel_latents(conds):
