@@ -220,10 +220,10 @@ class CutDiffusionPatch:
         if run is None:
             return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
         height, width = noise.shape[-2:]
-        grid = run.plan.grid
-        if grid.pad_h or grid.pad_w:
+        plan = run.plan
+        if plan.pad_h or plan.pad_w:
             noise, latent_image, denoise_mask = self._pad(run, noise, latent_image, denoise_mask)
-            _pad_image_conds(guider.conds, height, width, (0, grid.pad_w, 0, grid.pad_h))
+            _pad_image_conds(guider.conds, height, width, (0, plan.pad_w, 0, plan.pad_h))
             if kwargs.get("latent_shapes") is not None and len(kwargs["latent_shapes"]) == 1:
                 kwargs["latent_shapes"] = [noise.shape]
         run.draw_stage2_schedule()
@@ -274,11 +274,12 @@ class CutDiffusionPatch:
 
     def _pad(self, run: RunState, noise, latent_image, denoise_mask):
         """Pad to the patch grid: fresh noise in the new rows/cols, the image and mask extended."""
-        grid = run.plan.grid
-        padded = torch.randn((*noise.shape[:2], grid.padded_h, grid.padded_w), generator=run.jitter_generator,
-                             dtype=torch.float32).to(device=noise.device, dtype=noise.dtype)
+        plan = run.plan
+        padded = torch.randn((*noise.shape[:2], plan.height + plan.pad_h, plan.width + plan.pad_w),
+                             generator=run.jitter_generator, dtype=torch.float32).to(device=noise.device,
+                                                                                     dtype=noise.dtype)
         padded[..., :noise.shape[-2], :noise.shape[-1]] = noise
-        pad = (0, grid.pad_w, 0, grid.pad_h)
+        pad = (0, plan.pad_w, 0, plan.pad_h)
         latent_image = F.pad(latent_image, pad, mode="replicate")
         if denoise_mask is not None:
             denoise_mask = _pad_mask(denoise_mask, noise.shape, pad)

@@ -220,6 +220,22 @@ class Plan:
     def stage2_steps(self) -> int:
         return self.steps - self.stage1_steps
 
+    @property
+    def uses_patch_grid(self) -> bool:
+        """Whether any evaluation sees the patch grid: stage 1, global guidance or shifted tiles.
+        Without one (stage_split 0 with overlapping windows) the run is MultiDiffusion at the
+        target size itself and needs no padding (spec 3.5)."""
+        return self.stage1_steps > 0 or self.global_guidance or self.layout.mode == "shifted"
+
+    @property
+    def pad_h(self) -> int:
+        """Rows added to the latent for this run (the grid's padding where the grid is used)."""
+        return self.grid.pad_h if self.uses_patch_grid else 0
+
+    @property
+    def pad_w(self) -> int:
+        return self.grid.pad_w if self.uses_patch_grid else 0
+
     def model_evaluations(self, batch: int = 1, cfg_batches: int = 2) -> int:
         """Spec 3.6: `T1 * n + (T - T1) * windows` images, per CFG half and batch item.
 
@@ -232,7 +248,7 @@ class Plan:
 
     def summary(self) -> str:
         g, lay = self.grid, self.layout
-        pad = f", padded by {g.pad_h}x{g.pad_w}" if g.pad_h or g.pad_w else ""
+        pad = f", padded by {self.pad_h}x{self.pad_w}" if self.pad_h or self.pad_w else ""
         size = f"{lay.win_w * LATENT_SCALE}x{lay.win_h * LATENT_SCALE} px"
         kind = "shifted tiles" if lay.mode == "shifted" else "windows"
         return (f"{self.width * LATENT_SCALE}x{self.height * LATENT_SCALE} px: stage 1 {self.stage1_steps} steps on "
@@ -246,10 +262,13 @@ def make_plan(height: int, width: int, native_h: int, native_w: int, stride_h: i
               sigmas: Sequence[float], split_sigma: float, stage_split: float, jitter: bool,
               mode: str = "overlap", min_stage1_steps: int = 0, global_guidance: bool = False) -> Plan:
     grid = patch_grid(height, width, native_h, native_w)
-    layout = window_layout(grid.padded_h, grid.padded_w, native_h, native_w, stride_h, stride_w, jitter, mode, grid)
-    return Plan(height, width, grid, layout, len(sigmas) - 1,
-                stage1_steps(sigmas, split_sigma, stage_split, min_stage1_steps),
-                global_guidance and grid.n > 1)   # one patch: the "global" view is the window itself
+    t1 = stage1_steps(sigmas, split_sigma, stage_split, min_stage1_steps)
+    guided = global_guidance and grid.n > 1   # one patch: the "global" view is the window itself
+    # Overlapping windows fit any size: only the patch grid needs a padded latent.
+    padded = t1 > 0 or guided or mode == "shifted"
+    work_h, work_w = (grid.padded_h, grid.padded_w) if padded else (height, width)
+    layout = window_layout(work_h, work_w, native_h, native_w, stride_h, stride_w, jitter, mode, grid)
+    return Plan(height, width, grid, layout, len(sigmas) - 1, t1, guided)
 
 
 GLOBAL_GUIDANCE_DECAY = 0.25  # chosen on the (earlier) demo model: 1 / 0.5 / 0.25 gave one object in 55 / 70 / 81%

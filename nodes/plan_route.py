@@ -129,7 +129,7 @@ def preview_plan(params: dict) -> dict:
         "width": width_px, "height": height_px,
         "native_px": native_px, "stride_px": stride * px,
         "grid": {"rows": grid.rows, "cols": grid.cols, "patch_h": grid.patch_h * px, "patch_w": grid.patch_w * px,
-                 "pad_h": grid.pad_h * px, "pad_w": grid.pad_w * px},
+                 "pad_h": plan.pad_h * px, "pad_w": plan.pad_w * px},
         "windows": {"mode": layout.mode, "count": layout.count, "w": layout.win_w * px, "h": layout.win_h * px,
                     "rows": len(layout.ys), "cols": len(layout.xs),
                     "jitter_h": layout.jitter_h * px, "jitter_w": layout.jitter_w * px,
@@ -137,16 +137,16 @@ def preview_plan(params: dict) -> dict:
         "steps": plan.steps, "stage1_steps": plan.stage1_steps, "stage2_steps": plan.stage2_steps,
         "evaluations_per_image": per_image,
         "evaluations_with_cfg": per_image * cfg_halves,
-        "multidiffusion_evaluations": plan.steps * _multidiffusion_windows(grid, native, stride, config.window_jitter),
+        "multidiffusion_evaluations": plan.steps * _multidiffusion_windows(plan, native, stride, config.window_jitter),
         "assumptions": assumptions,
         "summary": plan.summary(),
     }
 
 
-def _multidiffusion_windows(grid, native: int, stride: int, jitter: bool) -> int:
-    """Windows per step of plain MultiDiffusion (stage_split 0) over the same latent: the
+def _multidiffusion_windows(plan, native: int, stride: int, jitter: bool) -> int:
+    """Windows per step of plain MultiDiffusion (stage_split 0) at the target size: the
     overlapping windows, whatever stage2_mode the node uses."""
-    return window_layout(grid.padded_h, grid.padded_w, native, native, stride, stride, jitter, "overlap").count
+    return window_layout(plan.height, plan.width, native, native, stride, stride, jitter, "overlap").count
 
 
 def _drawn_windows(layout) -> list:

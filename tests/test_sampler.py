@@ -49,23 +49,12 @@ def test_auto_patch_size_is_the_model_native_size(model):
     assert comfy_adapter.native_size_px(rt.tiny_sd15()) == 512
 
 
-# Known bug in cutdiff_core (found by this test, reported; not fixed here): at stage_split 0 the pack
-# still pads the latent to the stage-1 patch grid (fresh noise in the new rows/columns) and lays the
-# stage-2 windows over that padded latent, so the windows, their overlap counts and the last window's
-# snap differ from MultiDiffusion at the requested size. Measured on 408x264: the pack equals the
-# reference run on the *padded* latent with the requested SDXL size (max diff 4e-4 of 450), so the size
-# conditioning is right; it differs from target-size MultiDiffusion by ~100. Strict: once stage_split 0
-# samples the requested latent these cases pass and the marks must go.
-PADDED_MULTIDIFFUSION_BUG = ("stage_split 0 on a size that is not a multiple of the patch grid: stage-2 "
-                             "windows are laid over the padded latent, not the requested one (spec 3.5)")
-
-
 @pytest.mark.parametrize("w_px, h_px", [
     (2 * PATCH, 3 * PATCH // 2),   # 64x48 latent: a 2x2 patch grid, no padding
     # 51x33: a 2x2 grid of 26x17 patches needs one padded row and column
-    pytest.param(408, 264, marks=pytest.mark.xfail(strict=True, reason=PADDED_MULTIDIFFUSION_BUG)),
+    (408, 264),
     # 75x45, 1000x600's aspect: a 2x3 grid of 25x23 patches, one padded row
-    pytest.param(600, 360, marks=pytest.mark.xfail(strict=True, reason=PADDED_MULTIDIFFUSION_BUG)),
+    (600, 360),
 ])
 def test_multidiffusion_special_case_matches_reference(model, conds, w_px, h_px):
     # stage_split 0, jitter off: plain MultiDiffusion at the target size (spec 3.5), on sizes that
