@@ -287,19 +287,6 @@ def test_patch_with_sampler_custom_advanced(model, conds):
     assert torch.equal(via_custom, via_node)
 
 
-def test_patch_with_ksampler_advanced(model, conds):
-    # KSamplerAdvanced: a run over steps 0..3 of 6 (no full denoise), then 3..6.
-    patched = comfy_adapter.apply_cutdiffusion(model, comfy_adapter.CutDiffusionConfig(patch_size=PATCH))
-    latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
-    import nodes
-    with torch.inference_mode():
-        (first,) = nodes.common_ksampler(patched, 3, 6, 5.0, "euler", "normal", *conds, latent, start_step=0,
-                                         last_step=3, force_full_denoise=False)
-        (second,) = nodes.common_ksampler(patched, 3, 6, 5.0, "euler", "normal", *conds, first, disable_noise=True,
-                                          start_step=3, last_step=6, force_full_denoise=True)
-    assert second["samples"].shape == (1, 4, 2 * NATIVE, 2 * NATIVE) and torch.isfinite(second["samples"]).all()
-
-
 def _wrappers(model):
     return {kind: {key: list(fns) for key, fns in by_key.items()} for kind, by_key in model.wrappers.items()}
 
