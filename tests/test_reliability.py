@@ -291,3 +291,35 @@ def test_segment_that_stops_with_noise_left_takes_its_stages_from_the_noise_leve
     assert stage1_steps(full[2:], split, 0.5) == 2
     # A whole run still gives each stage a step, however few steps it has.
     assert stage1_steps([10.0, 8.0, 0.0], 1.0, 0.5) == 1
+
+
+def _two_sampler_graph(samplers: dict) -> dict:
+    """One CutDiffusion-patched MODEL feeding the given KSamplers (id -> (width, seed)), each saved."""
+    patch = {"patch_size": PATCH, "window_stride": 0, "stage_split": 0.5, "window_batch_size": 0,
+             "window_jitter": True, "pixel_interaction": True, "stage2_mode": "overlap",
+             "window_weights": "uniform", "min_stage1_steps": 0, "global_guidance": 0.0}
+    prompt = {
+        "model": {"class_type": rt.TINY_MODEL_NODE, "inputs": {"kind": "sdxl", "seed": 0}},
+        "conds": {"class_type": rt.TINY_CONDS_NODE, "inputs": {"seed": 3, "batch": 1, "tokens": 8, "sdxl": True}},
+        "patch": {"class_type": "CutDiffusion", "inputs": {"model": ["model", 0], **patch}},
+    }
+    for name, (width, seed) in samplers.items():
+        prompt[f"latent_{name}"] = {"class_type": "EmptyLatentImage",
+                                    "inputs": {"width": width, "height": PATCH, "batch_size": 1}}
+        prompt[name] = {"class_type": "KSampler", "inputs": {
+            "model": ["patch", 0], "seed": seed, "steps": 4, "cfg": 5.0, "sampler_name": "dpmpp_2m",
+            "scheduler": "normal", "positive": ["conds", 0], "negative": ["conds", 1],
+            "latent_image": [f"latent_{name}", 0], "denoise": 1.0}}
+        prompt[f"save_{name}"] = {"class_type": "SaveLatent",
+                                  "inputs": {"samples": [name, 0], "filename_prefix": f"reliability/{name}"}}
+    return prompt
+
+
+def test_one_patched_model_in_two_samplers_of_one_graph():
+    """Two KSamplers on one CutDiffusion MODEL in one graph give what each gives in a graph of its own."""
+    both = rt.run_prompt(_two_sampler_graph({"a": (2 * PATCH, 1), "b": (3 * PATCH, 2)}))
+    (a,), (b,) = rt.saved_latents(both, "save_a"), rt.saved_latents(both, "save_b")
+    (alone_a,) = rt.saved_latents(rt.run_prompt(_two_sampler_graph({"a": (2 * PATCH, 1)})), "save_a")
+    (alone_b,) = rt.saved_latents(rt.run_prompt(_two_sampler_graph({"b": (3 * PATCH, 2)})), "save_b")
+    assert a.shape[-1] == 2 * NATIVE and b.shape[-1] == 3 * NATIVE
+    assert torch.equal(a, alone_a) and torch.equal(b, alone_b)
