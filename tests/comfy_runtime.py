@@ -588,6 +588,18 @@ def run_prompt(prompt: dict, outputs: list[str] | None = None, *, on_event=None,
     raise PromptError(f"Prompt did not finish; status messages: {executor.status_messages}", result)
 
 
+def check_progress(values: list, total: int) -> None:
+    """Progress values a sampler node reported: every step on ComfyUI without a progress throttle;
+    on newer ComfyUI (which drops updates sooner than its interval after the last one) the first
+    and the last step always, and what came between in order."""
+    import comfy.utils
+
+    if not hasattr(comfy.utils, "PROGRESS_THROTTLE_MIN_INTERVAL"):
+        assert values == list(range(1, total + 1)), values
+    else:
+        assert values[0] == 1 and values[-1] == total and values == sorted(set(values)), values
+
+
 def saved_latents(result: dict, node_id: str) -> list:
     """The tensors a SaveLatent node `node_id` wrote during the run_prompt() that returned `result`."""
     import safetensors.torch
