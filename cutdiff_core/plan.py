@@ -222,10 +222,7 @@ class Plan:
 
     @property
     def uses_patch_grid(self) -> bool:
-        """Whether any evaluation sees the patch grid: stage 1, global guidance or shifted tiles.
-        Without one (stage_split 0 with overlapping windows) the run is MultiDiffusion at the
-        target size itself and needs no padding (spec 3.5)."""
-        return self.stage1_steps > 0 or self.global_guidance or self.layout.mode == "shifted"
+        return _uses_patch_grid(self.stage1_steps, self.global_guidance, self.layout.mode)
 
     @property
     def pad_h(self) -> int:
@@ -258,14 +255,20 @@ class Plan:
                 f"{self.model_evaluations(cfg_batches=1)} model evaluations per image and CFG half")
 
 
+def _uses_patch_grid(stage1_steps: int, global_guidance: bool, mode: str) -> bool:
+    """Whether any evaluation sees the patch grid: stage 1, global guidance or shifted tiles.
+    Overlapping windows fit any size, so without one (stage_split 0, the default mode) the run
+    is MultiDiffusion at the target size itself and needs no padding (spec 3.5)."""
+    return stage1_steps > 0 or global_guidance or mode == "shifted"
+
+
 def make_plan(height: int, width: int, native_h: int, native_w: int, stride_h: int, stride_w: int,
               sigmas: Sequence[float], split_sigma: float, stage_split: float, jitter: bool,
               mode: str = "overlap", min_stage1_steps: int = 0, global_guidance: bool = False) -> Plan:
     grid = patch_grid(height, width, native_h, native_w)
     t1 = stage1_steps(sigmas, split_sigma, stage_split, min_stage1_steps)
     guided = global_guidance and grid.n > 1   # one patch: the "global" view is the window itself
-    # Overlapping windows fit any size: only the patch grid needs a padded latent.
-    padded = t1 > 0 or guided or mode == "shifted"
+    padded = _uses_patch_grid(t1, guided, mode)
     work_h, work_w = (grid.padded_h, grid.padded_w) if padded else (height, width)
     layout = window_layout(work_h, work_w, native_h, native_w, stride_h, stride_w, jitter, mode, grid)
     return Plan(height, width, grid, layout, len(sigmas) - 1, t1, guided)
