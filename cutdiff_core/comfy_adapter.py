@@ -14,7 +14,8 @@ ComfyUI's public `add_wrapper_with_key`:
   permuted across patches per element, through the normal CFG path, back.
 - CALC_COND_BATCH, stage 2: MultiDiffusion windows, cond and uncond alike.
 
-This is the only module of cutdiff_core that imports ComfyUI.
+The ComfyUI side of CutDiffusion: everything here runs inside a sampling run;
+the geometry it calls (plan, patches, windows) is plain torch.
 """
 from __future__ import annotations
 
@@ -287,7 +288,7 @@ class CutDiffusionPatch:
                                 "only window refinement; raise denoise or set min_stage1_steps for stage 1")
             log.warning("CutDiffusion: %s", report.notes[-1])
         log.info("CutDiffusion: %s", plan.summary())
-        run = RunState(plan, cfg, int(seed or 0), report, sigma_list)
+        run = RunState(plan, int(seed or 0), report, sigma_list)
         layout = plan.layout
         run.window_weights = make_weights(cfg.window_weights, layout.win_h - self.stride, layout.win_w - self.stride)
         return run

@@ -14,7 +14,8 @@ scripts/train_demo_model.py):
   latents, as SDXL's); the decoder is the inverse mix, a bilinear x8 upsampling and a fixed
   grain scaled by the texture strength.
 
-Unlike the rest of cutdiff_core, this module imports ComfyUI (it builds ComfyUI objects).
+This module imports ComfyUI (it builds ComfyUI objects), as comfy_adapter, adaptive_patch and
+control_hints do.
 """
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ from typing import Callable
 
 import torch
 
-from .config import CutDiffusionConfig
 from .patches import draw_permutation
 from .plan import Plan, StepWindows
 
@@ -54,7 +53,6 @@ def sub_seed(seed: int | None, stream: int) -> int:
 @dataclass
 class RunState:
     plan: Plan
-    config: CutDiffusionConfig
     seed: int
     report: RunReport
     sigmas: list[float]

@@ -168,11 +168,6 @@ def bootstrap(gpu: bool = False, executor: bool | None = None) -> None:
     _bootstrapped = True
 
 
-def base_dir() -> str:
-    bootstrap()
-    return BASE
-
-
 def pack_parent() -> str:
     bootstrap()
     return PACK_PARENT

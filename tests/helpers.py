@@ -16,10 +16,6 @@ import comfy.samplers
 from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion, sample
 
 
-def cut_config(**kw) -> CutDiffusionConfig:
-    return CutDiffusionConfig(**kw)
-
-
 def run_cut(model, latent, seed=1, steps=4, cfg=5.0, sampler="euler", scheduler="normal", conds=None, denoise=1.0,
             **config):
     """CutDiffusion KSampler's code path; returns (samples, report)."""
