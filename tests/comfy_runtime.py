@@ -181,21 +181,26 @@ def _init_weights(model, seed: int) -> None:
 
     comfy.ops layers override reset_parameters() with a no-op (weights are normally loaded from a
     checkpoint), so their parameters are uninitialised torch.empty memory. Call the reset of the
-    first torch class in each module's MRO instead; this does not touch comfy's classes.
+    first torch class in each module's MRO instead; this does not touch comfy's classes. The DiTs'
+    norm scales (Flux's RMSNorm `scale`, a bare parameter) get ones, as at their init.
     """
     import torch
 
-    uninitialised = {id(p) for p in model.parameters()}
     with torch.no_grad():
         torch.manual_seed(seed)
+        done = set()
         for module in model.modules():
             for cls in type(module).__mro__:
                 if cls.__module__.startswith("torch.") and "reset_parameters" in cls.__dict__:
                     cls.reset_parameters(module)
-                    uninitialised -= {id(p) for p in module.parameters(recurse=False)}
+                    done |= {id(p) for p in module.parameters(recurse=False)}
                     break
-    if uninitialised:
-        raise RuntimeError(f"{len(uninitialised)} parameters have no torch reset_parameters()")
+        for name, p in model.named_parameters():
+            if id(p) in done:
+                continue
+            if not (name.endswith("scale") and p.ndim == 1):
+                raise RuntimeError(f"{name} has no torch reset_parameters()")
+            p.fill_(1.0)
 
 
 def _tiny_unet_config(in_channels: int, adm_in_channels: int | None, use_linear: bool) -> dict:

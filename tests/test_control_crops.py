@@ -112,16 +112,21 @@ def hints(batch=1, seed=0, size=(200, 260)):
     return torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
+def run_with_one_controlnet(model, conds, latent, control_net, hint, **config):
+    """A run with one ControlNet; (ControlNet calls, stage-2 places checked, report)."""
+    calls = ControlCalls(control_net)
+    try:
+        _, trace, report = run(model, apply_control(conds, control_net, hint), latent, **config)
+    finally:
+        calls.close()
+    return calls.calls, check_stage2_hints(model, trace, report, calls.calls, full_size(hint, latent)), report
+
+
 def test_shifted_tiles_see_the_rolled_hint_crop(model, conds):
     latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
     control_net, hint = tiny_controlnet(model), hints()
-    calls = ControlCalls(control_net)
-    try:
-        _, trace, report = run(model, apply_control(conds, control_net, hint), latent, stage2_mode="shifted",
-                               window_batch_size=3)
-    finally:
-        calls.close()
-    places = check_stage2_hints(model, trace, report, calls.calls, full_size(hint, latent))
+    calls, places, report = run_with_one_controlnet(model, conds, latent, control_net, hint,
+                                                    stage2_mode="shifted", window_batch_size=3)
     height, width = latent["samples"].shape[-2:]
     assert len(places) == 2 * 4 * report.plan.stage2_steps   # 4 tiles, cond + uncond
     # The tiling really moved and some tiles wrapped around the border: the roll path was exercised.
@@ -132,13 +137,8 @@ def test_shifted_tiles_see_the_rolled_hint_crop(model, conds):
 def test_jittered_windows_see_their_hint_crop(model, conds):
     latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
     control_net, hint = tiny_controlnet(model), hints(seed=1)
-    calls = ControlCalls(control_net)
-    try:
-        _, trace, report = run(model, apply_control(conds, control_net, hint), latent, window_jitter=True,
-                               window_batch_size=4)
-    finally:
-        calls.close()
-    places = check_stage2_hints(model, trace, report, calls.calls, full_size(hint, latent))
+    calls, places, report = run_with_one_controlnet(model, conds, latent, control_net, hint,
+                                                    window_jitter=True, window_batch_size=4)
     height, width = latent["samples"].shape[-2:]
     assert len(places) == 2 * 9 * report.plan.stage2_steps   # 3x3 windows, cond + uncond
     assert all(y + h <= height and x + w <= width for _, _, y, x, h, w in places)   # inside the latent
@@ -150,14 +150,8 @@ def test_jittered_windows_see_their_hint_crop(model, conds):
 def test_batch_images_see_their_own_hint(model, conds):
     latent = rt.empty_latent(2 * PATCH, 3 * PATCH // 2, batch=2)   # 48x64 latent: 2x2 patches, 2x3 windows
     control_net, hint = tiny_controlnet(model), hints(batch=2, seed=2)
-    calls = ControlCalls(control_net)
-    try:
-        _, trace, report = run(model, apply_control(conds, control_net, hint), latent, window_jitter=False,
-                               window_batch_size=1)
-    finally:
-        calls.close()
-    full = full_size(hint, latent)
-    places = check_stage2_hints(model, trace, report, calls.calls, full)
+    calls, places, report = run_with_one_controlnet(model, conds, latent, control_net, hint,
+                                                    window_jitter=False, window_batch_size=1)
     assert {b for _, b, *_ in places} == {0, 1}
     windows = len(reference_windows(3 * NATIVE // 2, NATIVE, NATIVE // 2)) * len(reference_windows(2 * NATIVE, NATIVE,
                                                                                                   NATIVE // 2))
@@ -166,7 +160,7 @@ def test_batch_images_see_their_own_hint(model, conds):
     grid = report.plan.grid
     patch_hint = comfy.utils.common_upscale(hint, grid.patch_w * SCALE, grid.patch_h * SCALE, "nearest-exact",
                                             "center")
-    stage1 = calls.calls[:report.plan.stage1_steps * grid.n]
+    stage1 = calls[:report.plan.stage1_steps * grid.n]
     assert stage1 and all(x.shape[-2:] == (grid.patch_h, grid.patch_w) for _, x, _ in stage1)
     for _, x, item_hints in stage1:
         assert x.shape[0] == 4

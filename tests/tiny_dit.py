@@ -25,42 +25,6 @@ SD3_POOLED_DIM = 64      # CLIP-L + CLIP-G pooled (2048 in SD3)
 SD3_POS_EMBED_MAX = 32   # tokens per side of SD3's learned position table (192 in SD3)
 
 
-def _init_weights(model, seed: int) -> None:
-    """comfy_runtime._init_weights (torch's reset_parameters for every torch layer), plus the
-    DiTs' own norm scales (Flux's RMSNorm `scale`, a bare parameter): ones, as at init."""
-    import torch
-
-    with torch.no_grad():
-        torch.manual_seed(seed)
-        done = set()
-        for module in model.modules():
-            for cls in type(module).__mro__:
-                if cls.__module__.startswith("torch.") and "reset_parameters" in cls.__dict__:
-                    cls.reset_parameters(module)
-                    done |= {id(p) for p in module.parameters(recurse=False)}
-                    break
-        left = [(name, p) for name, p in model.named_parameters() if id(p) not in done]
-        for name, p in left:
-            if name.endswith("scale") and p.ndim == 1:
-                p.fill_(1.0)
-            else:
-                raise RuntimeError(f"{name} has no torch reset_parameters()")
-
-
-def _build(model_class, model_config, seed: int):
-    """comfy_runtime._build with the init above."""
-    import torch
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_class(model_config)
-    _init_weights(model, seed)
-    model = model.to(mm.unet_offload_device())
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
-
-
 def _flux_unet_config() -> dict:
     import comfy.ldm.flux.model
 
@@ -86,7 +50,7 @@ def tiny_flux(seed: int = 0):
     import comfy.supported_models
 
     model_config = comfy.supported_models.Flux(_flux_unet_config())
-    return _build(comfy.model_base.Flux, model_config, seed)
+    return rt._build(comfy.model_base.Flux, model_config, seed)
 
 
 def flux_shift(model, width_px: int, height_px: int, max_shift: float = 1.15, base_shift: float = 0.5):
@@ -120,7 +84,7 @@ def tiny_sd3(seed: int = 0):
         "pos_embed_scaling_factor": None, "x_block_self_attn_layers": [],
     }
     model_config = comfy.supported_models.SD3(unet_config)
-    patcher = _build(comfy.model_base.SD3, model_config, seed)
+    patcher = rt._build(comfy.model_base.SD3, model_config, seed)
     # pos_embed is a buffer (loaded from the checkpoint), not a parameter: give it values.
     diffusion_model = patcher.model.diffusion_model
     with torch.no_grad():
