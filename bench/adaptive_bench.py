@@ -28,14 +28,12 @@ import math
 import os
 import platform
 import re
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
-import comfy_runtime as rt  # noqa: E402  (must start ComfyUI before anything imports comfy)
+from cutdiff_dev import comfy_runtime as rt  # noqa: E402  (must start ComfyUI before anything imports comfy)
 
 rt.bootstrap()
 
@@ -44,8 +42,8 @@ import torch  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.utils  # noqa: E402
 
-from comfyui_cutdiffusion.cutdiff_core.adaptive import AdaptiveConfig  # noqa: E402
-from comfyui_cutdiffusion.cutdiff_core.adaptive_patch import AdaptiveReport, apply_adaptive  # noqa: E402
+from cutdiff_core.adaptive import AdaptiveConfig  # noqa: E402
+from cutdiff_core.adaptive_patch import AdaptiveReport, apply_adaptive  # noqa: E402
 
 STEPS = (30, 50)
 SAMPLERS = (("euler", "normal"), ("dpmpp_2m", "normal"), ("ddim", "ddim_uniform"))
@@ -163,9 +161,8 @@ def section(rows: list[dict], seeds: int, seconds: float) -> str:
 
 def measure_demo(per_prompt: int) -> list[dict]:
     """The grid on the demo model: decoded images of every prompt against the unskipped run's."""
-    sys.path[:0] = [str(REPO), str(REPO / "bench")]
-    from cutdiff_core import demo_metrics
-    from cutdiff_core import demo_model as dm
+    from cutdiff_demo import metrics as demo_metrics
+    from cutdiff_demo import model as dm
     from repetition_bench import PROMPTS
 
     demo = dm.load_demo_model()
@@ -221,7 +218,7 @@ def demo_section(rows: list[dict], seconds: float) -> str:
         f"repetition bench's 8 prompts, one seeded batch each), cfg {CFG}, AdaptiveDiffusion defaults "
         "otherwise. Each row compares with the same seeds on the unpatched model: *evaluations* per run made / "
         "of the unpatched run; *image PSNR*: decoded RGB images in [0, 1]; *one object*: the fraction of images "
-        "with exactly one object (`cutdiff_core.demo_metrics`), skipped run against unskipped run.",
+        "with exactly one object (`cutdiff_demo.metrics`), skipped run against unskipped run.",
         "", DEMO_HEADER, *(format_demo_row(r) for r in rows), "",
         f"Issue goal (>= 2x fewer evaluations at PSNR >= 30 dB, 50 euler steps), on decoded images: "
         f"{_goal_verdict(rows)}.", "",

@@ -42,8 +42,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]  # cutdiff_core without the pack's node registration
-import comfy_runtime as rt  # noqa: E402  (no comfy import may come before rt.bootstrap())
+from cutdiff_dev import comfy_runtime as rt  # noqa: E402  (no comfy import may come before rt.bootstrap())
 from report import write_section  # noqa: E402
 
 SECTION = "## Speed and memory (issue 8)"
@@ -137,7 +136,7 @@ class Bench:
         # importing its nodes and executor (which need PyAV & co. and play no part in the timing).
         rt.bootstrap(gpu=self.gpu, executor=False)
         import comfy.utils
-        from cutdiff_core.comfy_adapter import sample
+        from cutdiff_core.cutdiffusion_patch import sample
         comfy.utils.set_progress_bar_enabled(False)  # tqdm output and its cost are no part of what we measure
         self._sample = sample
         if self.gpu:
@@ -153,7 +152,7 @@ class Bench:
         """(model, CutDiffusion RunReport or None) for a method, patched as a user's graph would be."""
         from cutdiff_core.adaptive import AdaptiveConfig
         from cutdiff_core.adaptive_patch import apply_adaptive
-        from cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion
+        from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion
         model, report = self.model, None
         if method.cut is not None:
             report = RunReport()
@@ -326,7 +325,7 @@ def machine_lines(args) -> list[str]:
 
 def setup_lines(args, bench: Bench) -> list[str]:
     model = ("full-size SDXL UNet (2.6 B parameters, random weights), fp16, on the GPU" if bench.gpu else
-             "tiny SDXL test UNet (tests/comfy_runtime.tiny_sdxl, random weights), float32, on the CPU")
+             "tiny SDXL test UNet (cutdiff_dev.comfy_runtime.tiny_sdxl, random weights), float32, on the CPU")
     stride = args.stride or bench.native_px // 2
     memory = ("CUDA max_memory_allocated during the first measured run, above the allocation before it (weights)"
               if bench.gpu else "peak of torch's CPU allocator (tensor memory; torch.profiler allocation events) "

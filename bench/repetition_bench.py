@@ -15,23 +15,21 @@ variants, and a few-step run.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
-import comfy_runtime  # noqa: E402  (starts ComfyUI on the CPU before anything imports comfy)
+from cutdiff_dev import comfy_runtime  # noqa: E402  (starts ComfyUI on the CPU before anything imports comfy)
 
 comfy_runtime.bootstrap()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import comfy.sample  # noqa: E402
-from cutdiff_core import demo_metrics as metrics  # noqa: E402
-from cutdiff_core import demo_model as dm  # noqa: E402
-from cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion  # noqa: E402
+from cutdiff_demo import metrics as metrics  # noqa: E402
+from cutdiff_demo import model as dm  # noqa: E402
+from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion  # noqa: E402
 from report import machine_description, write_section  # noqa: E402
 
 HEADING = "## Repetition on the demo model (issues 4 and 6)"

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench"), str(REPO / "scripts")]
-import comfy_runtime  # noqa: E402  (starts ComfyUI on the CPU before anything imports comfy)
+from cutdiff_dev import comfy_runtime  # noqa: E402  (starts ComfyUI on the CPU before anything imports comfy)
 
 comfy_runtime.bootstrap()
 import numpy as np  # noqa: E402
@@ -39,13 +38,13 @@ import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 
 import comfy.sample  # noqa: E402
-from cutdiff_core import demo_metrics as metrics  # noqa: E402
-from cutdiff_core import demo_model as dm  # noqa: E402
-from cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion  # noqa: E402
+from cutdiff_demo import metrics as metrics  # noqa: E402
+from cutdiff_demo import model as dm  # noqa: E402
+from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion  # noqa: E402
 from cutdiff_core.patches import unfold_patches  # noqa: E402
 from report import machine_description, write_section  # noqa: E402
 from repetition_bench import NATIVE, PROMPTS, add_sampling_arguments  # noqa: E402
-from train_demo_model import render_batch  # noqa: E402  (the demo model's training data)
+from cutdiff_demo.data import render_batch  # noqa: E402  (the demo model's training data)
 
 HEADING = "## Why CutDiffusion misses on the demo model (issue 4)"
 SIZE = 2 * NATIVE   # 4x area
@@ -361,7 +360,7 @@ def main() -> None:
         f"`.venv/bin/python {' '.join(['bench/repetition_diagnosis.py', *sys.argv[1:]])}` on {machine_description()}.",
         f"Demo model (native {NATIVE} px), {SIZE}x{SIZE} px (4x area), {args.seeds} images per row over "
         f"{len(PROMPTS)} prompts (the seeds of `bench/repetition_bench.py`), {args.steps} {args.sampler}/"
-        f"{args.scheduler} steps, cfg {args.cfg}. Objects and contrast as in `cutdiff_core/demo_metrics.py` "
+        f"{args.scheduler} steps, cfg {args.cfg}. Objects and contrast as in `cutdiff_demo/metrics.py` "
         f"(contrast relative to native-size samples). x0 = the denoised prediction the sampler callback reports: "
         f"callback(i) follows step i's evaluation, so the last stage-1 step's x0 is callback(T1 - 1), "
         f"T1 = `report.plan.stage1_steps` (checked: T1 x 4 patches x batch stage-1 evaluations). "

@@ -47,8 +47,8 @@ import torch
 import comfy.patcher_extension
 
 from .adaptive import AdaptiveConfig, SkipCriterion, denoised_from_eps, eps_from_denoised, validate_config
-from .comfy_adapter import WRAPPER_KEY as CUTDIFFUSION_KEY
-from .comfy_adapter import cutdiffusion_stage
+from .cutdiffusion_patch import WRAPPER_KEY as CUTDIFFUSION_KEY
+from .cutdiffusion_patch import cutdiffusion_stage
 
 log = logging.getLogger("cutdiffusion")
 

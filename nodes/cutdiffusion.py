@@ -6,7 +6,7 @@ import inspect
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..cutdiff_core.comfy_adapter import (CutDiffusionConfig, RunReport, apply_cutdiffusion, sample,
+from ..cutdiff_core.cutdiffusion_patch import (CutDiffusionConfig, RunReport, apply_cutdiffusion, sample,
                                           MAX_AUTO_WINDOW_BATCH)
 from ..cutdiff_core.plan import STAGE2_MODES
 from ..cutdiff_core.windows import WINDOW_WEIGHTS

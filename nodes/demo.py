@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..cutdiff_core import demo_model
+from ..cutdiff_demo import model as demo_model
 
 CATEGORY = "sampling/cutdiffusion/demo"
 

@@ -2,7 +2,7 @@
 
 The browser asks the server instead of re-implementing the geometry in JS, so
 the preview comes from the very functions a run uses (cutdiff_core.plan.make_plan,
-comfy_adapter.validate_config, ComfyUI's own schedulers): it cannot drift.
+cutdiffusion_patch.validate_config, ComfyUI's own schedulers): it cannot drift.
 
 The one thing a preview cannot know is the model: its native size (patch_size 0
 = automatic) and its noise schedule decide the patch grid and the stage split.
@@ -19,7 +19,7 @@ import comfy.model_sampling
 import comfy.samplers
 
 from ..cutdiff_core.config import RANGES, CutDiffusionConfig, validate_config, validate_stride
-from ..cutdiff_core.demo_model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
+from ..cutdiff_demo.model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
 from ..cutdiff_core.plan import LATENT_SCALE, STAGE2_MODES, make_plan, window_layout
 
 log = logging.getLogger("cutdiffusion")

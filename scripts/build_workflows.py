@@ -13,19 +13,16 @@ tests/test_workflows.py validates the result against the live definitions.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))   # comfy_runtime (the in-process ComfyUI) and ui_workflow
-sys.path.insert(0, str(ROOT))
 
-import comfy_runtime as rt  # noqa: E402
+from cutdiff_dev import comfy_runtime as rt  # noqa: E402
 
 rt.bootstrap()
 
-import ui_workflow as uw  # noqa: E402
+from cutdiff_dev import ui_workflow as uw  # noqa: E402
 
 WORKFLOWS = ROOT / "workflows"
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
@@ -96,7 +93,7 @@ def adaptive() -> list[N]:
 
 
 def demo() -> list[N]:
-    from comfyui_cutdiffusion.cutdiff_core.demo_model import NATIVE_SIZE_PX
+    from cutdiff_demo.model import NATIVE_SIZE_PX
 
     # 2x4 native-size patches: a panorama that shows both stages at CPU speed.
     return [

@@ -13,21 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "out" / "demo"
 os.environ.setdefault("CUTDIFF_BASE_DIR", str(OUT))   # keep the executor's outputs
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-import comfy_runtime as rt  # noqa: E402  (starts ComfyUI on the CPU before anything imports comfy)
+from cutdiff_dev import comfy_runtime as rt  # noqa: E402  (starts ComfyUI on the CPU before anything imports comfy)
 
 rt.bootstrap()
 from PIL import Image, ImageDraw  # noqa: E402
 
-import ui_workflow  # noqa: E402
-from cutdiff_core.demo_model import NATIVE_SIZE_PX as NATIVE  # noqa: E402
+from cutdiff_dev import ui_workflow  # noqa: E402
+from cutdiff_demo.model import NATIVE_SIZE_PX as NATIVE  # noqa: E402
 
 WORKFLOW = REPO / "workflows" / "cutdiffusion_demo_model.json"
 TARGETS = {"4x area": (2 * NATIVE, 2 * NATIVE), "2:1": (4 * NATIVE, 2 * NATIVE), "1:2": (2 * NATIVE, 4 * NATIVE)}

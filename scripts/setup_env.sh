@@ -61,6 +61,16 @@ ensure_browser_tools() {
   fi
 }
 
+# The repository on the venv's import path (a .pth file in its site-packages): tests, benchmarks
+# and scripts import the core, the demo and the development harness (cutdiff_core, cutdiff_demo,
+# cutdiff_dev) by those names, without editing sys.path. Rewritten on every run, so a venv
+# follows the clone that last set it up.
+link_repository() {
+  local site
+  site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  echo "$ROOT" > "$site/cutdiffusion-dev.pth"
+}
+
 # ComfyUI's requirements.txt minus comments, blank lines and the torch family (pinned above).
 # Its "#non essential dependencies:" tail goes to a second file ($2), installed best effort.
 split_requirements() {
@@ -79,6 +89,7 @@ if [ -f "$STAMP" ]; then
     echo "$EXT_COMFY" > "$VENV/comfyui-path.txt"
   fi
   echo "[setup] reusing $VENV"
+  link_repository
   ensure_browser_tools
   exit 0
 fi
@@ -134,6 +145,7 @@ echo "[setup] installing test tools"
 $PIP install --quiet --progress-bar off "${TEST_PINS[@]}"
 
 echo "$COMFY_DIR" > "$VENV/comfyui-path.txt"
+link_repository
 ensure_browser_tools
 touch "$STAMP"
 echo "[setup] ready: ComfyUI at $COMFY_DIR"

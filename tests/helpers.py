@@ -13,7 +13,7 @@ import torch
 import comfy.sample
 import comfy.samplers
 
-from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion, sample
+from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion, sample
 
 
 def run_cut(model, latent, seed=1, steps=4, cfg=5.0, sampler="euler", scheduler="normal", conds=None, denoise=1.0,
@@ -238,7 +238,7 @@ def tiny_controlnet(model, seed=5):
     import comfy.model_management
     import comfy.ops
 
-    import comfy_runtime as rt
+    from cutdiff_dev import comfy_runtime as rt
 
     config = dict(model.model.model_config.unet_config)
     config.pop("out_channels")

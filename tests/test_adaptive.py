@@ -4,13 +4,13 @@ import torch
 
 import comfy.patcher_extension
 
-import comfy_runtime as rt
+from cutdiff_dev import comfy_runtime as rt
 from helpers import CountingModel, assert_skips_reuse_eps, run_cut, sample_traced, schedule
 
-from comfyui_cutdiffusion.cutdiff_core.adaptive import (AdaptiveConfig, SkipCriterion, denoised_from_eps,
+from cutdiff_core.adaptive import (AdaptiveConfig, SkipCriterion, denoised_from_eps,
                                                         eps_from_denoised, third_order_is_small, validate_config)
-from comfyui_cutdiffusion.cutdiff_core.adaptive_patch import AdaptiveReport, apply_adaptive
-from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion
+from cutdiff_core.adaptive_patch import AdaptiveReport, apply_adaptive
+from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion
 from comfyui_cutdiffusion.nodes.adaptive import AdaptiveDiffusion
 
 PX = 256             # 32x32 latents: the tiny model's "native" size in these tests

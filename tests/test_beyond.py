@@ -6,12 +6,12 @@ import torch
 import comfy.utils
 from comfy_extras import nodes_easycache, nodes_freelunch, nodes_model_downscale, nodes_pag, nodes_sag
 
-import comfy_runtime as rt
+from cutdiff_dev import comfy_runtime as rt
 from helpers import CountingModel, run_cut, tiny_controlnet
 
-from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
-from comfyui_cutdiffusion.cutdiff_core.plan import global_guidance_weight, make_plan
-from comfyui_cutdiffusion.cutdiff_core.windows import (TileCollector, WindowBlender, crop_windows, feathered_weights,
+from cutdiff_core import cutdiffusion_patch
+from cutdiff_core.plan import global_guidance_weight, make_plan
+from cutdiff_core.windows import (TileCollector, WindowBlender, crop_windows, feathered_weights,
                                                        tile_stack, uniform_weights, untile_stack)
 
 PATCH = 256
@@ -126,7 +126,7 @@ def test_global_guidance_evaluations_match_the_plan(model, conds, mode):
 
 def test_global_guidance_out_of_range_is_a_clear_error(model):
     with pytest.raises(ValueError, match=r"global_guidance.*\[0\.0, 1\.0\]"):
-        comfy_adapter.apply_cutdiffusion(model, comfy_adapter.CutDiffusionConfig(global_guidance=1.5))
+        cutdiffusion_patch.apply_cutdiffusion(model, cutdiffusion_patch.CutDiffusionConfig(global_guidance=1.5))
 
 
 # -- feathered blending ---------------------------------------------------------------------------
@@ -213,7 +213,7 @@ OTHER_PATCHES = {
 
 
 def _cut(m):
-    return comfy_adapter.apply_cutdiffusion(m, comfy_adapter.CutDiffusionConfig(patch_size=PATCH))
+    return cutdiffusion_patch.apply_cutdiffusion(m, cutdiffusion_patch.CutDiffusionConfig(patch_size=PATCH))
 
 
 def _sample(m, conds, latent):

@@ -1,6 +1,6 @@
 """The pack in the official ComfyUI frontend, driven like a user in headless Chromium.
 
-A real server (tests/comfy_server.py) with the pack copied into custom_nodes/, Debian's
+A real server (cutdiff_dev/comfy_server.py) with the pack copied into custom_nodes/, Debian's
 Chromium through its chromedriver (Selenium; no browser download). Checks that the plan
 preview on CutDiffusion KSampler shows the right numbers for two settings, that it is a DOM
 widget shown with the classic LiteGraph canvas and with Nodes 2.0 (Vue-rendered nodes), that
@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-import comfy_runtime as rt
-import comfy_server
-import ui_workflow as uw
+from cutdiff_dev import comfy_runtime as rt
+from cutdiff_dev import comfy_server
+from cutdiff_dev import ui_workflow as uw
 from comfyui_cutdiffusion.nodes.plan_route import preview_plan
 
 CHROMIUM = "/usr/lib/chromium/chromium"   # the binary itself: /usr/bin/chromium is a wrapper script

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 import comfy.utils
 import nodes
 
-import comfy_runtime as rt
+from cutdiff_dev import comfy_runtime as rt
 from helpers import reference_windows, sample_traced, schedule, tiny_controlnet
 
-from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion
+from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion
 
 PATCH = 256
 NATIVE = PATCH // 8

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cutdiff_core import demo_metrics as dm
+from cutdiff_demo import metrics as dm
 
 SAND = (0.78, 0.68, 0.48)
 RED = (0.85, 0.12, 0.12)

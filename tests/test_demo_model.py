@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-import comfy_runtime as rt
+from cutdiff_dev import comfy_runtime as rt
 
-from cutdiff_core import demo_metrics
-from cutdiff_core import demo_model as dm
+from cutdiff_demo import metrics as demo_metrics
+from cutdiff_demo import model as dm
 
 NATIVE = dm.NATIVE_SIZE_PX
 

@@ -1,5 +1,5 @@
 """CutDiffusion on DiT / flow-matching models (issue 15), on tiny random models built from
-ComfyUI's own classes (tests/tiny_dit.py): the SDXL guarantees of test_sampler.py, per family.
+ComfyUI's own classes (cutdiff_dev/tiny_dit.py): the SDXL guarantees of test_sampler.py, per family.
 
 - native size: the output is KSampler's, bit for bit;
 - stage_split 0, no jitter: plain MultiDiffusion, against an independent loop that asks
@@ -22,11 +22,11 @@ import comfy.sampler_helpers
 import comfy.samplers
 import comfy.supported_models
 
-import comfy_runtime as rt
-import tiny_dit as td
+from cutdiff_dev import comfy_runtime as rt
+from cutdiff_dev import tiny_dit as td
 from helpers import CountingModel, reference_windows, run_cut, schedule
 
-from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
+from cutdiff_core import cutdiffusion_patch
 
 PATCH = 256          # px: the tiny models' "native" size (32 latent px; 16x16 tokens after 2x2 patchify)
 NATIVE = PATCH // 8
@@ -290,16 +290,16 @@ def test_pooled_and_guidance_reach_every_patch_and_window(family, stage_split):
 
 # --------------------------------------------------------------------------- patch_size 0: native sizes
 
-NATIVE_PX = {   # ComfyUI config class -> training size in px (see comfy_adapter._NATIVE_PX_BY_CONFIG)
+NATIVE_PX = {   # ComfyUI config class -> training size in px (see cutdiffusion_patch._NATIVE_PX_BY_CONFIG)
     "Flux": 1024, "FluxSchnell": 1024, "SD3": 1024, "Lumina2": 1024, "ZImage": 1024, "QwenImage": 1328,
     "HiDream": 1024, "Chroma": 1024, "AuraFlow": 1024,
 }
 
 
 def test_tiny_dit_models_know_their_native_size(flux_base, sd3_base):
-    assert comfy_adapter.native_size_px(flux_base) == 1024
-    assert comfy_adapter.native_size_px(td.flux_shift(flux_base, 2048, 2048)) == 1024
-    assert comfy_adapter.native_size_px(sd3_base) == 1024
+    assert cutdiffusion_patch.native_size_px(flux_base) == 1024
+    assert cutdiffusion_patch.native_size_px(td.flux_shift(flux_base, 2048, 2048)) == 1024
+    assert cutdiffusion_patch.native_size_px(sd3_base) == 1024
 
 
 def _fake_model(config_class):
@@ -314,7 +314,7 @@ def test_native_size_of_each_family(name):
     config_class = getattr(comfy.supported_models, name, None)
     if config_class is None:
         pytest.skip(f"ComfyUI {rt.COMFY_VERSION} has no supported_models.{name}")
-    assert comfy_adapter.native_size_px(_fake_model(config_class)) == NATIVE_PX[name]
+    assert cutdiffusion_patch.native_size_px(_fake_model(config_class)) == NATIVE_PX[name]
 
 
 @pytest.mark.parametrize("name", ["Flux2", "HunyuanImage21", "ChromaRadiance"])
@@ -325,7 +325,7 @@ def test_latents_not_8x_are_a_clear_error(name):
     if config_class is None:
         pytest.skip(f"ComfyUI {rt.COMFY_VERSION} has no supported_models.{name}")
     with pytest.raises(ValueError, match="patch_size"):
-        comfy_adapter.native_size_px(_fake_model(config_class))
+        cutdiffusion_patch.native_size_px(_fake_model(config_class))
 
 
 def test_unknown_model_is_a_clear_error_naming_patch_size():
@@ -338,4 +338,4 @@ def test_unknown_model_is_a_clear_error_naming_patch_size():
     model = types.SimpleNamespace(model=types.SimpleNamespace(model_config=SomeFutureDiT(),
                                                               latent_format=SomeLatentFormat(), model_type=None))
     with pytest.raises(ValueError, match=r"SomeFutureDiT.*set patch_size"):
-        comfy_adapter.native_size_px(model)
+        cutdiffusion_patch.native_size_px(model)

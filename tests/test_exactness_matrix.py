@@ -11,7 +11,7 @@ import torch
 
 import comfy.samplers
 
-import comfy_runtime as rt
+from cutdiff_dev import comfy_runtime as rt
 from helpers import CountingModel, run_cut
 
 PATCH = 256          # px: the tiny tests' "native" size (32 latent px)

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-import comfy_runtime as rt
-import ui_workflow as uw
+from cutdiff_dev import comfy_runtime as rt
+from cutdiff_dev import ui_workflow as uw
 
 from comfyui_cutdiffusion.nodes.plan_route import PlanRequestError, preview_plan
 
@@ -77,7 +77,7 @@ def test_preview_equals_the_plan_a_run_reports():
 
 
 def test_demo_help_page_states_the_demo_models_native_size():
-    from comfyui_cutdiffusion.cutdiff_core.demo_model import NATIVE_SIZE_PX
+    from cutdiff_demo.model import NATIVE_SIZE_PX
     page = (DOCS / "CutDiffusionDemoModel.md").read_text()
     assert f"native size of {NATIVE_SIZE_PX} px" in page
 

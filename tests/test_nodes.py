@@ -4,11 +4,11 @@ import torch
 
 import comfy.sample
 
-import comfy_runtime as rt
-import ui_workflow as uw
+from cutdiff_dev import comfy_runtime as rt
+from cutdiff_dev import ui_workflow as uw
 from helpers import run_cut
 
-from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
+from cutdiff_core import cutdiffusion_patch
 
 PATCH = 256
 
@@ -157,7 +157,7 @@ def test_bad_input_fails_before_sampling_with_the_field_named():
 def test_previews_get_the_whole_image_in_both_stages():
     model = rt.tiny_sdxl(seed=0)
     pos, neg = rt.tiny_conds(seed=3)
-    patched = comfy_adapter.apply_cutdiffusion(model, comfy_adapter.CutDiffusionConfig(patch_size=PATCH))
+    patched = cutdiffusion_patch.apply_cutdiffusion(model, cutdiffusion_patch.CutDiffusionConfig(patch_size=PATCH))
     latent = torch.zeros(1, 4, 64, 48)
     shapes = []
     with torch.inference_mode():

@@ -11,11 +11,11 @@ import comfy.sample
 import comfy.samplers
 import comfy.supported_models
 
-import comfy_runtime as rt
+from cutdiff_dev import comfy_runtime as rt
 from helpers import CountingModel, run_cut
 
-from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
-from comfyui_cutdiffusion.cutdiff_core.comfy_adapter import CutDiffusionConfig, RunReport, apply_cutdiffusion
+from cutdiff_core import cutdiffusion_patch
+from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion
 
 PATCH = 256                 # px: the tiny model's "native" size (32 latent px)
 NATIVE = PATCH // 8
@@ -232,8 +232,8 @@ def _sample(patched, conds, latent, seed, steps=4):
 
 def test_clones_of_one_patched_model_share_no_run_state(model, conds):
     """Two clones sampled one after the other (as two KSamplers of one graph) give what each gives alone."""
-    from comfyui_cutdiffusion.cutdiff_core.adaptive_patch import apply_adaptive
-    from comfyui_cutdiffusion.cutdiff_core.adaptive import AdaptiveConfig
+    from cutdiff_core.adaptive_patch import apply_adaptive
+    from cutdiff_core.adaptive import AdaptiveConfig
     patched = apply_adaptive(apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PATCH)), AdaptiveConfig())
     before = _options_snapshot(patched)
     small, big = rt.empty_latent(2 * PATCH, PATCH), rt.empty_latent(2 * PATCH, 2 * PATCH)
@@ -245,7 +245,7 @@ def test_clones_of_one_patched_model_share_no_run_state(model, conds):
     assert torch.equal(a, alone_a) and torch.equal(b, alone_b)
     for m in (patched, first, second):
         assert _options_snapshot(m) == before
-        assert comfy_adapter.RUN_KEY not in m.model_options.get("transformer_options", {})
+        assert cutdiffusion_patch.RUN_KEY not in m.model_options.get("transformer_options", {})
 
 
 def test_interrupted_run_then_a_normal_one_share_no_state(model, conds):
@@ -268,7 +268,7 @@ def test_interrupted_run_then_a_normal_one_share_no_state(model, conds):
         comfy.model_management.interrupt_current_processing(False)
     assert _options_snapshot(patched) == before
     assert torch.equal(_sample(patched, conds, latent, seed=4, steps=6), expected)
-    assert copy.deepcopy(model.model_options).get("transformer_options", {}).get(comfy_adapter.RUN_KEY) is None
+    assert copy.deepcopy(model.model_options).get("transformer_options", {}).get(cutdiffusion_patch.RUN_KEY) is None
 
 
 # -- the plan preview's MultiDiffusion comparison --------------------------------------------------
@@ -282,7 +282,7 @@ def test_preview_counts_multidiffusion_with_its_own_windows(mode):
 
 
 def test_segment_that_stops_with_noise_left_takes_its_stages_from_the_noise_levels():
-    from comfyui_cutdiffusion.cutdiff_core.plan import stage1_steps
+    from cutdiff_core.plan import stage1_steps
     full = [10.0, 8.0, 6.0, 4.0, 2.0, 1.0, 0.0]
     split = 3.0
     assert stage1_steps(full, split, 0.5) == 4

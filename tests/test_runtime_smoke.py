@@ -1,15 +1,12 @@
-"""Smoke tests for the in-process ComfyUI harness (tests/comfy_runtime.py). CPU only."""
+"""Smoke tests for the in-process ComfyUI harness (cutdiff_dev/comfy_runtime.py). CPU only."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-# pytest runs with --import-mode=importlib, which does not put tests/ on sys.path.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import comfy_runtime as rt  # noqa: E402
+from cutdiff_dev import comfy_runtime as rt  # noqa: E402
 
 rt.bootstrap()
 

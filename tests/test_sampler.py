@@ -10,12 +10,12 @@ import comfy.model_management
 import comfy.sample
 import comfy.samplers
 
-import comfy_runtime as rt
+from cutdiff_dev import comfy_runtime as rt
 from helpers import (CountingModel, assert_matches_reference, reference_cutdiffusion, reference_windows, run_cut,
                      schedule)
 
-from comfyui_cutdiffusion.cutdiff_core import comfy_adapter
-from comfyui_cutdiffusion.cutdiff_core.plan import stage1_steps
+from cutdiff_core import cutdiffusion_patch
+from cutdiff_core.plan import stage1_steps
 
 PATCH = 256          # px: the tiny tests' "native" size (32 latent px)
 NATIVE = PATCH // 8
@@ -45,8 +45,8 @@ def test_native_size_equals_ksampler_with_denoise_and_batch(model, conds):
 
 
 def test_auto_patch_size_is_the_model_native_size(model):
-    assert comfy_adapter.native_size_px(model) == 1024
-    assert comfy_adapter.native_size_px(rt.tiny_sd15()) == 512
+    assert cutdiffusion_patch.native_size_px(model) == 1024
+    assert cutdiffusion_patch.native_size_px(rt.tiny_sd15()) == 512
 
 
 @pytest.mark.parametrize("w_px, h_px", [
@@ -170,11 +170,11 @@ def test_window_batches_bound_the_model_batch(model, conds, stage_split):
 
 
 def test_automatic_window_batch_is_sane(model):
-    patch = comfy_adapter.CutDiffusionPatch(comfy_adapter.CutDiffusionConfig(), 1024)
+    patch = cutdiffusion_patch.CutDiffusionPatch(cutdiffusion_patch.CutDiffusionConfig(), 1024)
     run = types.SimpleNamespace(window_batches={})  # the one RunState field the sizing uses
-    x, window = torch.zeros(1, 4, 256, 256), comfy_adapter.Window(0, 0, 128, 128)
+    x, window = torch.zeros(1, 4, 256, 256), cutdiffusion_patch.Window(0, 0, 128, 128)
     chunk = patch._window_batch(run, model.model, x, window, 2)
-    assert 1 <= chunk <= comfy_adapter.MAX_AUTO_WINDOW_BATCH
+    assert 1 <= chunk <= cutdiffusion_patch.MAX_AUTO_WINDOW_BATCH
     # Sized once per run and window shape, not on every step.
     assert list(run.window_batches.values()) == [chunk]
     assert patch._window_batch(run, model.model, x, window, 2) == chunk and len(run.window_batches) == 1
@@ -277,7 +277,7 @@ def _custom_sample(model, conds, latent, seed, steps, sampler_name, scheduler, c
 
 def test_patch_with_sampler_custom_advanced(model, conds):
     latent = rt.empty_latent(PATCH, PATCH)
-    patched = comfy_adapter.apply_cutdiffusion(model, comfy_adapter.CutDiffusionConfig(patch_size=PATCH))
+    patched = cutdiffusion_patch.apply_cutdiffusion(model, cutdiffusion_patch.CutDiffusionConfig(patch_size=PATCH))
     plain = _custom_sample(model, conds, latent, 4, 5, "dpmpp_2m_sde", "karras", 4.0)
     assert torch.equal(_custom_sample(patched, conds, latent, 4, 5, "dpmpp_2m_sde", "karras", 4.0), plain)
     # At 4x area the custom path and CutDiffusion KSampler's path are the same algorithm.
@@ -297,11 +297,11 @@ def test_input_model_is_not_modified(model, conds):
     run_cut(model, rt.empty_latent(2 * PATCH, 2 * PATCH), conds=conds, patch_size=PATCH)
     assert model.model_options == options_before
     assert _wrappers(model) == wrappers_before
-    assert all(comfy_adapter.WRAPPER_KEY not in by_key for by_key in model.wrappers.values())
+    assert all(cutdiffusion_patch.WRAPPER_KEY not in by_key for by_key in model.wrappers.values())
 
 
 def test_interrupted_run_leaves_models_clean(model, conds):
-    patched = comfy_adapter.apply_cutdiffusion(model, comfy_adapter.CutDiffusionConfig(patch_size=PATCH,
+    patched = cutdiffusion_patch.apply_cutdiffusion(model, cutdiffusion_patch.CutDiffusionConfig(patch_size=PATCH,
                                                                                        window_batch_size=1))
     wrappers = _wrappers(patched)
     latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
@@ -318,10 +318,10 @@ def test_interrupted_run_leaves_models_clean(model, conds):
                                     callback=interrupt_at_step_two, disable_pbar=True, seed=1)
     finally:
         comfy.model_management.interrupt_current_processing(False)
-    assert comfy_adapter.RUN_KEY not in patched.model_options["transformer_options"]
+    assert cutdiffusion_patch.RUN_KEY not in patched.model_options["transformer_options"]
     assert _wrappers(patched) == wrappers
-    assert comfy_adapter.RUN_KEY not in model.model_options.get("transformer_options", {})
-    assert all(comfy_adapter.WRAPPER_KEY not in by_key for by_key in model.wrappers.values())
+    assert cutdiffusion_patch.RUN_KEY not in model.model_options.get("transformer_options", {})
+    assert all(cutdiffusion_patch.WRAPPER_KEY not in by_key for by_key in model.wrappers.values())
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -332,4 +332,4 @@ def test_interrupted_run_leaves_models_clean(model, conds):
 ])
 def test_bad_input_is_a_clear_error(model, field, value, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        comfy_adapter.apply_cutdiffusion(model, comfy_adapter.CutDiffusionConfig(**{field: value}))
+        cutdiffusion_patch.apply_cutdiffusion(model, cutdiffusion_patch.CutDiffusionConfig(**{field: value}))

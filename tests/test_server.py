@@ -4,8 +4,8 @@ import tomllib
 
 import pytest
 
-import comfy_runtime as rt
-import comfy_server
+from cutdiff_dev import comfy_runtime as rt
+from cutdiff_dev import comfy_server
 
 PACK = comfy_server.PACK_DIR_NAME
 PACK_NODES = {"CutDiffusion", "CutDiffusionKSampler", "AdaptiveDiffusion"}

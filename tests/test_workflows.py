@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import comfy_runtime as rt
-import ui_workflow as uw
+from cutdiff_dev import comfy_runtime as rt
+from cutdiff_dev import ui_workflow as uw
 
 WORKFLOWS = rt.REPO_ROOT / "workflows"
 REQUIRED = {  # the list: name -> node types it must show

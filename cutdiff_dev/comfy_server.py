@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import comfy_runtime as rt
+from . import comfy_runtime as rt
 
 PACK_DIR_NAME = "comfyui-cutdiffusion"   # the folder a git clone / the registry creates
 START_TIMEOUT_S = 90

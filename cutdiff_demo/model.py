@@ -14,7 +14,7 @@ scripts/train_demo_model.py):
   latents, as SDXL's); the decoder is the inverse mix, a bilinear x8 upsampling and a fixed
   grain scaled by the texture strength.
 
-This module imports ComfyUI (it builds ComfyUI objects), as comfy_adapter, adaptive_patch and
+This module imports ComfyUI (it builds ComfyUI objects), as cutdiffusion_patch, adaptive_patch and
 control_hints do.
 """
 from __future__ import annotations
@@ -186,7 +186,7 @@ def model_config(decoder: DemoDecoder) -> comfy.supported_models.SDXL:
     config = comfy.supported_models.SDXL(UNET_CONFIG)
     config.unet_config["num_head_channels"] = HEAD_CHANNELS
     config.latent_format = decoder.latent_format()
-    config.native_size_px = NATIVE_SIZE_PX  # read by comfy_adapter.native_size_px (patch_size = 0)
+    config.native_size_px = NATIVE_SIZE_PX  # read by cutdiffusion_patch.native_size_px (patch_size = 0)
     return config
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import comfy_runtime as rt
+from . import comfy_runtime as rt
 
 FLUX_CONTEXT_DIM = 32    # T5 features (4096 in Flux.1)
 FLUX_POOLED_DIM = 32     # CLIP-L pooled (768 in Flux.1)

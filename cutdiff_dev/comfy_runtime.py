@@ -2,7 +2,7 @@
 
 Usage::
 
-    import comfy_runtime as rt
+    from cutdiff_dev import comfy_runtime as rt
     rt.bootstrap()                       # must run before anything in the process imports comfy
     model = rt.tiny_sdxl(seed=0)
     pos, neg = rt.tiny_conds()
@@ -24,7 +24,7 @@ Pitfalls worth knowing (verified on ComfyUI 0.3.75; the harness runs unchanged o
   (main.py does the same), and test code should not rely on top-level names like `utils`.
 * ComfyUI loads a custom node pack under the module name "<PACK_PARENT>/comfyui_cutdiffusion"
   (its file path), not "comfyui_cutdiffusion". Modules a test imports as
-  `comfyui_cutdiffusion.cutdiff_core...` are therefore *different module objects* from the ones
+  `cutdiff_core...` are therefore *different module objects* from the ones
   the registered nodes use: module-level state and isinstance checks do not cross that boundary.
 """
 

@@ -1,0 +1,106 @@
+"""The demo model's procedural training data: one object on a textured background per image.
+
+Shared by the training script and the benchmarks that compare samples with what the model saw.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import einsum, reduce
+
+from . import model as dm
+
+NATIVE = dm.NATIVE_SIZE_PX // dm.LATENT_SCALE   # 16 latent px
+SUPERSAMPLE = 4
+CANVAS_SIDES = (16, 24, 32)                     # latent px per side of the larger canvases
+P_CANVAS = 0.2                                  # fraction of samples cropped from a larger canvas
+OBJECT_RADIUS = (0.16, 0.30)                    # fraction of the canvas' shorter side
+COLOUR_JITTER = 0.04
+
+
+def _uniform(gen, shape, low=0.0, high=1.0):
+    return low + (high - low) * torch.rand(shape, generator=gen)
+
+
+def _shape_masks(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Inside-masks [B, 5, ...] of every shape, in SHAPES order, at object coordinates (radius 1)."""
+    rho = torch.sqrt(u ** 2 + v ** 2)
+    triangle = torch.ones_like(u, dtype=torch.bool)
+    for k in range(3):  # three half-planes, inradius 0.55 (circumradius 1.1)
+        angle = math.pi / 2 + 2 * math.pi * k / 3
+        triangle &= u * math.cos(angle) + v * math.sin(angle) <= 0.55
+    bar = 0.33
+    cross = ((u.abs() <= 1) & (v.abs() <= bar)) | ((u.abs() <= bar) & (v.abs() <= 1))
+    return torch.stack([rho <= 1, torch.maximum(u.abs(), v.abs()) <= 0.8, triangle,
+                        (rho >= 0.5) & (rho <= 1), cross], dim=1)
+
+
+def _canvas_geometry(gen, batch):
+    """Per sample: canvas size (latent px), crop offset of the native window, object centre/radius."""
+    native = torch.rand(batch, generator=gen) >= P_CANVAS
+    sides = torch.tensor(CANVAS_SIDES)
+    canvas = sides[torch.randint(len(CANVAS_SIDES), (batch, 2), generator=gen)]
+    canvas[native] = NATIVE
+    offset = (torch.rand(batch, 2, generator=gen) * (canvas - NATIVE + 1)).floor()
+    radius = _uniform(gen, batch, *OBJECT_RADIUS) * canvas.min(dim=1).values
+    margin = 1.2 * radius + 0.5  # the square's and triangle's corners reach 1.13 r
+    centre = margin[:, None] + torch.rand(batch, 2, generator=gen) * (canvas - 2 * margin[:, None])
+    return canvas, offset, centre, radius
+
+
+def render_batch(gen: torch.Generator, batch: int):
+    """Latents [B, 4, 16, 16], full token ids [B, 3] and SDXL size conditioning [B, 6] in px."""
+    canvas, offset, centre, radius = _canvas_geometry(gen, batch)
+    colour_id = torch.randint(len(dm.COLOURS), (batch,), generator=gen)
+    shape_id = torch.randint(len(dm.SHAPES), (batch,), generator=gen)
+    background_id = torch.randint(len(dm.BACKGROUNDS), (batch,), generator=gen)
+    angle = _uniform(gen, batch, 0, 2 * math.pi)
+
+    # Supersampled coordinates of the native window in canvas latent px, [B, 2, Hs, Ws].
+    fine = (torch.arange(NATIVE * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
+    ys = offset[:, 0, None, None] + fine[None, :, None]
+    xs = offset[:, 1, None, None] + fine[None, None, :]
+    dy = (ys - centre[:, 0, None, None]) / radius[:, None, None]
+    dx = (xs - centre[:, 1, None, None]) / radius[:, None, None]
+    cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+    u, v = cos * dx + sin * dy, cos * dy - sin * dx
+    inside = _shape_masks(u, v)[torch.arange(batch), shape_id].float()
+    coverage = reduce(inside, "b (h s1) (w s2) -> b 1 h w", "mean", s1=SUPERSAMPLE, s2=SUPERSAMPLE)
+
+    palette = torch.tensor(list(dm.COLOURS.values()))
+    backgrounds = torch.tensor([colour for colour, _ in dm.BACKGROUNDS.values()])
+    textures = torch.tensor([texture for _, texture in dm.BACKGROUNDS.values()])
+    object_rgb = palette[colour_id] + _uniform(gen, (batch, 3), -COLOUR_JITTER, COLOUR_JITTER)
+    background_rgb = backgrounds[background_id] + _uniform(gen, (batch, 3), -COLOUR_JITTER, COLOUR_JITTER)
+    centres = (torch.arange(NATIVE) + 0.5)
+    shading = _background_waves(gen, batch, offset[:, 0, None, None] + centres[None, :, None],
+                                 offset[:, 1, None, None] + centres[None, None, :])
+    background = background_rgb[:, :, None, None] + shading[:, None]
+    rgb = coverage * object_rgb[:, :, None, None] + (1 - coverage) * background
+    texture = (1 - coverage) * textures[background_id][:, None, None, None]
+    features = torch.cat([rgb.clamp(0, 1), texture], dim=1) * 2 - 1
+    latent = einsum(dm.LATENT_MIX, features, "c f, b f h w -> b c h w")
+
+    token_ids = torch.stack([_token(dm.COLOURS, colour_id), _token(dm.SHAPES, shape_id),
+                             _token(dm.BACKGROUNDS, background_id)], dim=1)
+    px = dm.LATENT_SCALE
+    # (height, width, crop_h, crop_w, target_height, target_width) as SDXL.encode_adm takes them.
+    size_cond = torch.cat([canvas * px, offset * px, canvas * px], dim=1)
+    return latent, token_ids, size_cond
+
+
+def _token(group, index):
+    """Vocabulary ids of the index-th words of a word group."""
+    return index + dm.VOCABULARY.index(next(iter(group)))
+
+
+def _background_waves(gen, batch, ys, xs, waves=2, amplitude=0.025):
+    """Mild low-frequency shading [B, h, w]: a sum of plane waves (periods 4-10 latent px)."""
+    total = torch.zeros(batch, ys.shape[1], xs.shape[2])
+    for _ in range(waves):
+        direction = _uniform(gen, batch, 0, 2 * math.pi)[:, None, None]
+        wavenumber = 2 * math.pi / _uniform(gen, batch, 4, 10)[:, None, None]
+        phase = _uniform(gen, batch, 0, 2 * math.pi)[:, None, None]
+        total += amplitude * torch.sin(wavenumber * (torch.cos(direction) * xs + torch.sin(direction) * ys) + phase)
+    return total
