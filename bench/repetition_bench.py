@@ -8,8 +8,9 @@ missing or washed-out one is lost structure. Per method and target size it
 reports the fraction of images with exactly one object and with none, the mean
 object count, the object's contrast against the background relative to
 native-size samples of the same prompts, the object's aspect (1 = not stretched),
-and a seam score (gradient energy on the stage-2 window borders over elsewhere;
-1 = no seam). Then a stage_split sweep at 4x area, the beyond-the-paper stage-2
+a seam score (gradient energy on the stage-2 window borders over elsewhere;
+1 = no seam) and the background's texture (high-frequency energy away from the
+objects) relative to native-size samples of the same prompts (1 = as native). Then a stage_split sweep at 4x area, the beyond-the-paper stage-2
 variants, and a few-step run.
 """
 from __future__ import annotations
@@ -37,7 +38,8 @@ PROMPTS = ("red circle on sand", "blue square on grass", "yellow triangle on sla
            "purple cross on sand", "red square on slate", "blue triangle on night", "yellow ring on grass")
 NATIVE = dm.NATIVE_SIZE_PX
 TARGETS = {"4x area": (2 * NATIVE, 2 * NATIVE), "9x area": (3 * NATIVE, 3 * NATIVE),
-           "1:2": (NATIVE, 2 * NATIVE), "2:1": (2 * NATIVE, NATIVE)}   # (width, height) px
+           "16x area": (4 * NATIVE, 4 * NATIVE), "1:2": (NATIVE, 2 * NATIVE), "2:1": (2 * NATIVE, NATIVE),
+           "3:1": (3 * NATIVE, NATIVE)}   # (width, height) px; 16x = 4096 px on SDXL
 METHODS = {
     "direct inference": None,
     "MultiDiffusion (stage_split 0)": CutDiffusionConfig(stage_split=0.0),
@@ -60,6 +62,7 @@ class Cell:
     contrasts: list[float] = field(default_factory=list)
     seams: list[float] = field(default_factory=list)
     aspects: list[float] = field(default_factory=list)
+    textures: dict[str, list[float]] = field(default_factory=dict)   # by prompt: compared with native per prompt
     stage1_steps: int | None = None
     seconds: float = 0.0
 
@@ -96,6 +99,7 @@ def run_cell(demo, config, width, height, args, seams_from) -> Cell:
             cell.counts.append(metrics.count_objects(image))
             cell.contrasts.append(metrics.object_contrast(image))
             cell.aspects.append(metrics.object_aspect(image))
+            cell.textures.setdefault(prompt, []).append(metrics.background_texture(image))
             if rows[1:-1] or cols[1:-1]:
                 cell.seams.append(metrics.seam_score(image, rows, cols))
     cell.seconds = time.perf_counter() - start
@@ -109,17 +113,18 @@ def reference_plan(demo, width, height, args):
     return report.plan
 
 
-def row(name: str, cell: Cell, native_contrast: float, extra: str = "") -> str:
+def row(name: str, cell: Cell, native: Cell, extra: str = "") -> str:
     s = metrics.summarise_counts(cell.counts)
-    contrast = np.mean(cell.contrasts) / native_contrast
+    contrast = np.mean(cell.contrasts) / np.mean(native.contrasts)
+    texture = metrics.relative_to_reference(cell.textures, native.textures)
     seam = f"{np.mean(cell.seams):.2f}" if cell.seams else "—"
     t1 = "—" if cell.stage1_steps is None else str(cell.stage1_steps)
     return (f"| {name}{extra} | {s.one:.0%} | {s.none:.0%} | {s.mean:.2f} | {contrast:.2f} | "
-            f"{np.nanmedian(cell.aspects):.2f} | {seam} | {t1} | {cell.seconds:.0f} s |")
+            f"{np.nanmedian(cell.aspects):.2f} | {seam} | {texture:.2f} | {t1} | {cell.seconds:.0f} s |")
 
 
-HEADER = ("| method | one object | none | mean count | contrast vs native | aspect | seam score | stage-1 steps | "
-          "time |\n|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| method | one object | none | mean count | contrast vs native | aspect | seam score | texture vs native | "
+          "stage-1 steps | time |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,8 +148,7 @@ def main() -> None:
     start = time.perf_counter()
 
     native = run_cell(demo, None, NATIVE, NATIVE, args, reference_plan(demo, 2 * NATIVE, 2 * NATIVE, args))
-    native_contrast = float(np.mean(native.contrasts))
-    lines = [f"`bench/repetition_bench.py` on {machine_description()}.",
+        lines = [f"`bench/repetition_bench.py` on {machine_description()}.",
              f"Demo model (native {NATIVE} px), {len(native.counts)} images per cell over {len(PROMPTS)} prompts, "
              f"{args.steps} {args.sampler}/{args.scheduler} steps, cfg {args.cfg}. Native size: "
              f"{metrics.summarise_counts(native.counts)}, median aspect {np.nanmedian(native.aspects):.2f}.",
@@ -154,7 +158,7 @@ def main() -> None:
         plan = reference_plan(demo, width, height, args)
         lines += [f"### {target} ({width}x{height} px)", "", HEADER]
         for name, config in {**METHODS, **GUIDED, **(VARIANTS if target == "4x area" else {})}.items():
-            lines.append(row(name, run_cell(demo, config, width, height, args, plan), native_contrast))
+            lines.append(row(name, run_cell(demo, config, width, height, args, plan), native))
             print(lines[-1], flush=True)
         lines.append("")
 
@@ -163,7 +167,7 @@ def main() -> None:
     lines += ["### stage_split sweep, CutDiffusion at 4x area", "", HEADER]
     for split in SPLITS:
         cell = run_cell(demo, CutDiffusionConfig(stage_split=split), width, height, args, plan)
-        lines.append(row(f"stage_split {split}", cell, native_contrast))
+        lines.append(row(f"stage_split {split}", cell, native))
         print(lines[-1], flush=True)
     lines.append("")
 
@@ -172,7 +176,7 @@ def main() -> None:
               "The demo model is not distilled for few steps, so absolute figures are low; the question is only "
               "whether CutDiffusion still beats the baselines.", "", HEADER]
     for name, config in METHODS.items():
-        lines.append(row(name, run_cell(demo, config, width, height, few, plan), native_contrast))
+        lines.append(row(name, run_cell(demo, config, width, height, few, plan), native))
         print(lines[-1], flush=True)
     lines += ["", f"Total {time.perf_counter() - start:.0f} s. The comparison picture is "
               "[docs/demo_comparison.png](docs/demo_comparison.png) (made by `scripts/demo.sh`)."]

@@ -1,4 +1,4 @@
-"""Image metrics for the demo model: object count, object contrast, aspect, seam score.
+"""Image metrics for the demo model: object count, object contrast, aspect, seam score, background texture.
 
 Pure numpy and einops (no ComfyUI). Images are float arrays ``[H, W, 3]`` in [0, 1], as one image of a
 ComfyUI IMAGE batch. The demo data has one object on a mildly textured background, so:
@@ -12,7 +12,10 @@ ComfyUI IMAGE batch. The demo data has one object on a mildly textured backgroun
 - the aspect is the largest object's height over its width from second moments: all five
   demo shapes have a rotation-independent aspect of 1, so it measures stretching;
 - the seam score compares the gradient energy across given window-border lines with the
-  energy across every other line of pixels (1 = no seam).
+  energy across every other line of pixels (1 = no seam);
+- the background texture is the high-frequency energy of the background away from the
+  objects: windowed methods leave latent-scale colour grain there that native-size samples
+  do not have, and a washed-out method leaves it flatter than native.
 """
 from __future__ import annotations
 
@@ -170,3 +173,61 @@ def seam_score(image: np.ndarray, rows: list[int] = (), cols: list[int] = ()) ->
     on = np.concatenate([across_rows[row_lines], across_cols[col_lines]])
     off = np.concatenate([np.delete(across_rows, row_lines), np.delete(across_cols, col_lines)])
     return float(on.mean() / max(off.mean(), 1e-12))
+
+
+TEXTURE_RADIUS = 8   # px of the box blur the high-pass subtracts: one latent pixel each side, so it keeps
+                     # the decoder's grain and latent-scale colour noise and drops the background's waves
+                     # (periods of 32 px and more)
+EDGE_MARGIN = 8      # px beyond the blur radius kept away from objects: their anti-aliased edges stay out
+
+
+def box_mean(image: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over the (2 radius + 1)^2 box around each pixel (edges reflected), same shape as `image`."""
+    width = 2 * radius + 1
+    pad = [(radius, radius), (radius, radius)] + [(0, 0)] * (image.ndim - 2)
+    padded = np.pad(np.asarray(image, dtype=np.float64), pad, mode="reflect")
+    for axis in (0, 1):
+        csum = np.cumsum(padded, axis=axis)
+        csum = np.concatenate([np.zeros_like(csum.take([0], axis=axis)), csum], axis=axis)
+        length = padded.shape[axis] - width + 1
+        padded = (csum.take(np.arange(width, width + length), axis=axis)
+                  - csum.take(np.arange(length), axis=axis)) / width
+    return padded
+
+
+def background_mask(image: np.ndarray, margin: int) -> np.ndarray:
+    """Pixels [H, W] at least `margin` px from every counted object and from the image border."""
+    objects = np.zeros(image.shape[:2], dtype=bool)
+    for mask in object_masks(image):
+        objects |= mask
+    away = box_mean(objects.astype(np.float64), margin) == 0 if objects.any() else ~objects
+    away[:margin], away[-margin:], away[:, :margin], away[:, -margin:] = False, False, False, False
+    return away
+
+
+def background_texture(image: np.ndarray, radius: int = TEXTURE_RADIUS) -> float:
+    """Mean squared high-pass (image minus its box blur, summed over RGB) over the background; NaN
+    where no background is left. Absolute values depend on the background kind (sand is grainier
+    than night): compare with native-size samples of the same prompts (`relative_to_reference`)."""
+    image = np.asarray(image, dtype=np.float64)
+    mask = background_mask(image, radius + EDGE_MARGIN)
+    if not mask.any():
+        return float("nan")
+    high = image - box_mean(image, radius)
+    return float((high[mask] ** 2).sum(axis=-1).mean())
+
+
+def relative_to_reference(values: dict, reference: dict) -> float:
+    """Mean over the groups (e.g. prompts) of mean(values[g]) / mean(reference[g]), NaNs skipped.
+
+    Per group first, so every background kind weighs the same: one grainy prompt does not decide
+    the figure."""
+    ratios = [_finite_mean(values[g]) / _finite_mean(reference[g]) for g in values if g in reference]
+    ratios = [r for r in ratios if np.isfinite(r)]
+    return float(np.mean(ratios)) if ratios else float("nan")
+
+
+def _finite_mean(values) -> float:
+    values = np.asarray(list(values), dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")

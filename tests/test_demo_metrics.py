@@ -149,3 +149,45 @@ def test_aspect_looks_at_the_largest_object_and_is_nan_without_one():
     assert dm.count_objects(image) == 2
     assert dm.object_aspect(image) == pytest.approx(2.0, rel=0.06)
     assert np.isnan(dm.object_aspect(_background()))
+
+
+def _wavy_background(size=(192, 192), grain=0.03, seed=0):
+    """The native-like background: the demo data's low-frequency waves plus per-pixel grain."""
+    ys, xs = np.mgrid[:size[0], :size[1]].astype(float)
+    waves = 0.04 * np.sin(2 * np.pi * (0.6 * xs + 0.8 * ys) / 48)[..., None]
+    return np.clip(_background(size, grain=grain, seed=seed) + waves, 0, 1)
+
+
+def test_background_texture_scales_with_the_grain_and_ignores_the_waves():
+    native = dm.background_texture(_wavy_background(grain=0.03))
+    assert dm.background_texture(_wavy_background(grain=0.0)) < 0.05 * native     # flat but wavy: no texture
+    assert dm.background_texture(_wavy_background(grain=0.06)) == pytest.approx(4 * native, rel=0.1)
+    other_seed = dm.background_texture(_wavy_background(grain=0.03, seed=7))
+    assert other_seed == pytest.approx(native, rel=0.05)
+
+
+def test_background_texture_sees_latent_scale_colour_grain():
+    rng = np.random.default_rng(3)
+    blocks = np.repeat(np.repeat(0.04 * rng.standard_normal((24, 24, 3)), 8, axis=0), 8, axis=1)
+    grainy = np.clip(_wavy_background() + blocks, 0, 1)
+    assert dm.background_texture(grainy) > 1.8 * dm.background_texture(_wavy_background())   # ~2.1 measured
+
+
+def test_background_texture_excludes_the_objects():
+    plain = _wavy_background()
+    striped = _disc(plain.copy(), (96, 96), 40)
+    ys, xs = np.mgrid[:192, :192]
+    inside = (ys - 96) ** 2 + (xs - 96) ** 2 <= 40 ** 2
+    striped[inside & (xs % 4 < 2)] = (0.95, 0.30, 0.30)       # a strongly textured object
+    assert dm.count_objects(striped) == 1
+    assert dm.background_texture(striped) == pytest.approx(dm.background_texture(plain), rel=0.1)
+    assert dm.background_mask(striped, 16)[96, 96] == False   # noqa: E712  (numpy bool)
+    filled = _disc(plain.copy(), (96, 96), 150)                 # an object over the whole image
+    assert np.isnan(dm.background_texture(filled)) or dm.count_objects(filled) == 0
+
+
+def test_texture_relative_to_the_reference_weighs_every_group_once():
+    reference = {"sand": [4.0, 4.0], "night": [1.0, 1.0]}
+    assert dm.relative_to_reference({"sand": [4.0], "night": [2.0]}, reference) == pytest.approx(1.5)
+    assert dm.relative_to_reference({"sand": [8.0, np.nan], "night": [1.0]}, reference) == pytest.approx(1.5)
+    assert np.isnan(dm.relative_to_reference({"sand": [np.nan]}, reference))
