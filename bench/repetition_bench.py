@@ -148,7 +148,7 @@ def main() -> None:
     start = time.perf_counter()
 
     native = run_cell(demo, None, NATIVE, NATIVE, args, reference_plan(demo, 2 * NATIVE, 2 * NATIVE, args))
-        lines = [f"`bench/repetition_bench.py` on {machine_description()}.",
+    lines = [f"`bench/repetition_bench.py` on {machine_description()}.",
              f"Demo model (native {NATIVE} px), {len(native.counts)} images per cell over {len(PROMPTS)} prompts, "
              f"{args.steps} {args.sampler}/{args.scheduler} steps, cfg {args.cfg}. Native size: "
              f"{metrics.summarise_counts(native.counts)}, median aspect {np.nanmedian(native.aspects):.2f}.",
