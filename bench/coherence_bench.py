@@ -1,0 +1,390 @@
+"""Coherence at every size (issue 17): candidates for a quality mode against the baselines.
+
+    .venv/bin/python bench/coherence_bench.py --seeds 32                      # every candidate, exploration
+    .venv/bin/python bench/coherence_bench.py --seeds 64 --only "NAME;NAME"   # finalists
+
+On the demo model, at 4x, 9x and 16x area and at 1:2, 2:1 and 3:1, per candidate: the one-object rate
+and the other metrics of bench/repetition_bench.py (with background texture vs native), the model
+evaluations it made per image, and its SDXL-equivalent evaluation count at 2048^2, 4096^2 and
+4096x2048 (50 steps, native 1024 px) from the same plan arithmetic the pack runs. Every run adds its
+cells to bench/results/coherence_cells.json (a cell with more images replaces one with fewer) and
+rewrites the BENCHMARKS.md section from all stored cells, so exploration at 32 images and finalists
+at 64 land in one table, each row saying its image count.
+
+The rule (issue 17 item 4): highest mean one-object rate over the six shapes among candidates whose
+SDXL count at 2048^2 and 4096^2 is at most MultiDiffusion's, with contrast >= 0.9 and seam <= 1.1
+at every shape.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+from cutdiff_dev import comfy_runtime  # noqa: E402  (starts ComfyUI on the CPU before anything imports comfy)
+
+comfy_runtime.bootstrap()
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import comfy.sample  # noqa: E402
+import comfy.samplers  # noqa: E402
+import demofusion  # noqa: E402
+from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion  # noqa: E402
+from cutdiff_core.plan import make_plan  # noqa: E402
+from cutdiff_demo import metrics  # noqa: E402
+from cutdiff_demo import model as dm  # noqa: E402
+from repetition_bench import NATIVE, PROMPTS, TARGETS, add_sampling_arguments, reference_plan, window_borders  # noqa: E402
+from report import machine_description, write_section  # noqa: E402
+
+HEADING = "## Coherence at every size (issue 17)"
+CELLS = REPO / "bench" / "results" / "coherence_cells.json"
+SDXL_NATIVE_PX, SDXL_STEPS = 1024, 50
+SDXL_SIZES = {"2048²": (2048, 2048), "4096²": (4096, 4096), "4096×2048": (4096, 2048)}   # (width, height) px
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to make a target-size image.
+
+    config None: direct inference. renoise: native-first (sample at native area with the target's
+    aspect, upscale the latent bicubically, then the pack with this denoise). guided_share: global
+    guidance only over that share of stage 2 (two sampler runs: the guided first part of the schedule,
+    then the rest with guidance 0). demofusion: the DemoFusion baseline (bench/demofusion.py).
+    """
+    name: str
+    config: CutDiffusionConfig | None = None
+    renoise: float | None = None
+    guided_share: float | None = None
+    demofusion: bool = False
+
+
+PAPER = CutDiffusionConfig()
+GG = CutDiffusionConfig(global_guidance=1.0)
+GG_SHIFTED = CutDiffusionConfig(global_guidance=1.0, stage2_mode="shifted")
+CANDIDATES = [
+    Candidate("direct inference"),
+    Candidate("MultiDiffusion", CutDiffusionConfig(stage_split=0.0)),
+    Candidate("CutDiffusion, paper defaults", PAPER),
+    Candidate("DemoFusion", demofusion=True),
+    Candidate("native-first, denoise 0.5", PAPER, renoise=0.5),
+    Candidate("native-first, denoise 0.7", PAPER, renoise=0.7),
+    Candidate("gg 1", GG),
+    Candidate("gg 1, shifted", GG_SHIFTED),
+    Candidate("gg 1, shifted, split 0.7", replace(GG_SHIFTED, stage_split=0.7)),
+    Candidate("gg 1, shifted, over half of stage 2", GG_SHIFTED, guided_share=0.5),
+    Candidate("native-first 0.5 + gg 1, shifted", GG_SHIFTED, renoise=0.5),
+    Candidate("native-first 0.7 + gg 1, shifted", GG_SHIFTED, renoise=0.7),
+]
+
+
+# -- the images ---------------------------------------------------------------------------------
+
+def layout_size(width: int, height: int, native: int) -> tuple[int, int]:
+    """The native-first pass's size in px: the native area at the target's aspect, in whole latent px
+    (a square target gets the native size; 3:1 on a 128 px model gets 224x72)."""
+    scale = math.sqrt(native * native / (width * height))
+    return max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8)
+
+
+def renoise_steps(steps: int, denoise: float) -> int:
+    """Steps of the target pass, so its schedule has the same density as a full run of `steps`."""
+    return max(1, round(steps * denoise))
+
+
+def _sample(model, noise, latent, steps, prompt, args, seed, denoise=1.0):
+    return comfy.sample.sample(model, noise, steps, args.cfg, args.sampler, args.scheduler,
+                               demo_text.conditioning(prompt), demo_text.conditioning(""), latent,
+                               denoise=denoise, disable_pbar=True, seed=seed)
+
+
+def _sample_segments(model_first, model_rest, noise, latent, prompt, args, seed, split_step: int):
+    """One schedule in two sampler runs: steps [0, split_step) on model_first, the rest on model_rest."""
+    ms = model_first.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(ms, args.scheduler, args.steps).cpu()
+    sampler = comfy.samplers.sampler_object(args.sampler)
+    pos, neg = demo_text.conditioning(prompt), demo_text.conditioning("")
+    x = comfy.sample.sample_custom(model_first, noise, args.cfg, sampler, sigmas[:split_step + 1], pos, neg, latent,
+                                   disable_pbar=True, seed=seed)
+    return comfy.sample.sample_custom(model_rest, torch.zeros_like(x), args.cfg, sampler, sigmas[split_step:], pos,
+                                      neg, x, disable_pbar=True, seed=seed)
+
+
+def sample(demo, cand: Candidate, width, height, prompt, seed, batch, args) -> tuple[torch.Tensor, int, RunReport | None]:
+    """Latents [B, 4, h, w], the model evaluations per image and CFG half, the pack's last report."""
+    if cand.demofusion:
+        latents, evals = demofusion.sample(demo, prompt, width, height, seed, batch, args.steps, args.cfg,
+                                           args.sampler, args.scheduler)
+        return latents, evals, None
+    latent = torch.zeros(batch, 4, height // 8, width // 8)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    if cand.config is None:
+        return _sample(demo.model, noise, latent, args.steps, prompt, args, seed), args.steps, None
+    report, evals = RunReport(), 0
+    if cand.renoise is not None:
+        model = apply_cutdiffusion(demo.model, cand.config, report)
+        lw, lh = layout_size(width, height, NATIVE)
+        small = torch.zeros(batch, 4, lh // 8, lw // 8)
+        small = _sample(demo.model, comfy.sample.prepare_noise(small, seed), small, args.steps, prompt, args, seed)
+        evals += args.steps
+        latent = F.interpolate(small, size=latent.shape[-2:], mode="bicubic")
+        steps = renoise_steps(args.steps, cand.renoise)
+        out = _sample(model, comfy.sample.prepare_noise(latent, seed + 1), latent, steps, prompt, args, seed + 1,
+                      cand.renoise)
+    elif cand.guided_share is not None:
+        t1 = stage1_steps_here(cand.config, width, height, args)
+        split_step = t1 + round(cand.guided_share * (args.steps - t1))
+        first = RunReport()
+        out = _sample_segments(apply_cutdiffusion(demo.model, cand.config, first),
+                               apply_cutdiffusion(demo.model, replace(cand.config, global_guidance=0.0), report),
+                               noise, latent, prompt, args, seed, split_step)
+        evals += (first.stage1_evaluations + first.stage2_evaluations) // batch
+    else:
+        out = _sample(apply_cutdiffusion(demo.model, cand.config, report), noise, latent, args.steps, prompt, args, seed)
+    evals += (report.stage1_evaluations + report.stage2_evaluations) // batch
+    return out, evals, report
+
+
+def stage1_steps_here(config: CutDiffusionConfig, width: int, height: int, args) -> int:
+    ms = demo_model.get_model_object("model_sampling")
+    sigmas = [float(s) for s in comfy.samplers.calculate_sigmas(ms, args.scheduler, args.steps)]
+    return plan_for(config, width, height, NATIVE, sigmas, ms).stage1_steps
+
+
+# -- SDXL-equivalent cost from the plan ---------------------------------------------------------
+
+def plan_for(config: CutDiffusionConfig, width_px: int, height_px: int, native_px: int, sigmas, model_sampling):
+    """The pack's plan for a run (stride half a window, as the config's default)."""
+    native, stride = native_px // 8, native_px // 16
+    split_sigma = float(model_sampling.percent_to_sigma(config.stage_split))
+    settings = dict(sigmas=sigmas, split_sigma=split_sigma, stage_split=config.stage_split, jitter=config.window_jitter,
+                    mode=config.stage2_mode, min_stage1_steps=config.min_stage1_steps,
+                    global_guidance=config.global_guidance > 0)
+    # Issue 14 makes make_plan keyword-only; the bench also runs on a snapshot of the core from before.
+    if "native" in inspect.signature(make_plan).parameters:
+        return make_plan(height=height_px // 8, width=width_px // 8, native=(native, native), stride=(stride, stride),
+                         **settings)
+    return make_plan(height_px // 8, width_px // 8, native, native, stride, stride, **settings)
+
+
+def ksampler_sigmas(model_sampling, scheduler: str, steps: int, denoise: float = 1.0) -> list[float]:
+    """The sigmas KSampler runs for `steps` at `denoise` (KSampler.set_steps)."""
+    total = steps if denoise > 0.9999 else int(steps / denoise)
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, scheduler, total)
+    return [float(s) for s in sigmas[-(steps + 1):]]
+
+
+def sdxl_evaluations(cand: Candidate, width_px: int, height_px: int, model_sampling) -> int | None:
+    """Window evaluations per image and CFG half on SDXL at 50 steps (None for direct inference: one
+    full-size evaluation a step, not comparable window for window)."""
+    if cand.demofusion:
+        return demofusion.evaluations(width_px, height_px, SDXL_NATIVE_PX, SDXL_STEPS)
+    if cand.config is None:
+        return None
+    full = ksampler_sigmas(model_sampling, "normal", SDXL_STEPS)
+    if cand.renoise is not None:
+        sigmas = ksampler_sigmas(model_sampling, "normal", renoise_steps(SDXL_STEPS, cand.renoise), cand.renoise)
+        return SDXL_STEPS + _evals(cand.config, width_px, height_px, sigmas, model_sampling)
+    if cand.guided_share is not None:
+        t1 = plan_for(cand.config, width_px, height_px, SDXL_NATIVE_PX, full, model_sampling).stage1_steps
+        k = t1 + round(cand.guided_share * (SDXL_STEPS - t1))
+        rest = replace(cand.config, global_guidance=0.0)
+        return (_evals(cand.config, width_px, height_px, full[:k + 1], model_sampling)
+                + _evals(rest, width_px, height_px, full[k:], model_sampling))
+    return _evals(cand.config, width_px, height_px, full, model_sampling)
+
+
+def _evals(config, width_px, height_px, sigmas, model_sampling) -> int:
+    return plan_for(config, width_px, height_px, SDXL_NATIVE_PX, sigmas, model_sampling).model_evaluations(cfg_batches=1)
+
+
+# -- cells --------------------------------------------------------------------------------------
+
+@dataclass
+class Cell:
+    images: int = 0
+    counts: list[int] = field(default_factory=list)
+    contrasts: list[float] = field(default_factory=list)
+    aspects: list[float] = field(default_factory=list)
+    seams: list[float] = field(default_factory=list)
+    textures: dict[str, list[float]] = field(default_factory=dict)
+    evaluations: int = 0
+    seconds: float = 0.0
+
+
+def run_cell(demo, cand: Candidate, width, height, args, seam_lines) -> Cell:
+    cell, start = Cell(), time.perf_counter()
+    per_prompt = max(1, args.seeds // len(PROMPTS))
+    rows, cols = seam_lines
+    for k, prompt in enumerate(PROMPTS):
+        with torch.inference_mode():
+            latents, cell.evaluations, _ = sample(demo, cand, width, height, prompt, args.seed + k, per_prompt, args)
+            images = demo.decoder(latents).numpy()
+        for image in images:
+            cell.counts.append(metrics.count_objects(image))
+            cell.contrasts.append(metrics.object_contrast(image))
+            cell.aspects.append(metrics.object_aspect(image))
+            cell.textures.setdefault(prompt, []).append(metrics.background_texture(image))
+            if rows[1:-1] or cols[1:-1]:
+                cell.seams.append(metrics.seam_score(image, rows, cols))
+    cell.images = len(cell.counts)
+    cell.seconds = time.perf_counter() - start
+    return cell
+
+
+def load_cells(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def store_cell(path: Path, cells: dict, key: str, cell: Cell) -> None:
+    """Keep the cell with more images (a finalist run replaces the exploration's)."""
+    if key not in cells or cells[key]["images"] <= cell.images:
+        cells[key] = asdict(cell)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(cells, indent=0, allow_nan=True))
+
+
+# -- the section --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scores:
+    one: float
+    none: float
+    mean: float
+    contrast: float
+    aspect: float
+    seam: float
+    texture: float
+    images: int
+    evaluations: int
+    seconds: float
+
+
+def scores(cell: dict, native: dict) -> Scores:
+    s = metrics.summarise_counts(cell["counts"])
+    seam = float(np.mean(cell["seams"])) if cell["seams"] else float("nan")
+    aspects = np.asarray(cell["aspects"], dtype=float)
+    aspect = float(np.nanmedian(aspects)) if np.isfinite(aspects).any() else float("nan")
+    return Scores(s.one, s.none, s.mean, float(np.mean(cell["contrasts"]) / np.mean(native["contrasts"])), aspect,
+                  seam, metrics.relative_to_reference(cell["textures"], native["textures"]), cell["images"],
+                  cell["evaluations"], cell["seconds"])
+
+
+def passes_rule(per_shape: dict[str, Scores], costs: dict[str, int | None], md_costs: dict[str, int]) -> bool:
+    """Issue 17 item 4's rule, on every shape and the 2048^2 / 4096^2 costs."""
+    cheap = all(costs[s] is not None and costs[s] <= md_costs[s] for s in ("2048²", "4096²"))
+    return cheap and all(sc.contrast >= 0.9 and sc.seam <= 1.1 for sc in per_shape.values())
+
+
+def _f(value: float, fmt: str) -> str:
+    return "—" if value is None or not np.isfinite(value) else format(value, fmt)
+
+
+def render(cells: dict, args, commands: list[str]) -> str:
+    native = cells.get("native")
+    ms = demo_model.get_model_object("model_sampling")
+    md = next(c for c in CANDIDATES if c.name == "MultiDiffusion")
+    md_costs = {k: sdxl_evaluations(md, w, h, ms) for k, (w, h) in SDXL_SIZES.items()}
+    lines = [f"`bench/coherence_bench.py` on {machine_description()}.", "",
+             "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".", "",
+             f"Demo model (native {NATIVE} px), {args.steps} {args.sampler}/{args.scheduler} steps, cfg {args.cfg}, "
+             f"seeds from {args.seed}; each row says its image count (8 prompts; 32 images per cell in the "
+             "exploration, 64 for the finalists). Contrast and texture are relative to native-size samples of the "
+             f"same prompts ({native['images']} images). Evaluations: model images per output image and CFG half on "
+             "the demo model as counted in the run; SDXL: the same method's plan at 2048², 4096² and 4096×2048 px, "
+             f"{SDXL_STEPS} steps, native 1024 px, stride 512 px (window evaluations; DemoFusion's and the "
+             "native-first pass's views smaller than native count as one). Native-first: a first pass at the "
+             "native area with the target's aspect, latent upscaled bicubically, re-noised by the pack's run with "
+             "that denoise (KSampler semantics, steps scaled by the denoise so the schedule keeps its density). "
+             "\"Over half of stage 2\": guidance decays to 0 over the first half of stage 2's steps (a second "
+             "sampler run without guidance does the rest).", "",
+             "| candidate | shape | images | one object | none | mean count | contrast | aspect | seam | texture | "
+             "evaluations | time |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    summary = []
+    for cand in CANDIDATES:
+        per_shape = {t: scores(cells[f"{cand.name}|{t}"], native) for t in TARGETS if f"{cand.name}|{t}" in cells}
+        for target, sc in per_shape.items():
+            lines.append(f"| {cand.name} | {target} | {sc.images} | {sc.one:.0%} | {sc.none:.0%} | {sc.mean:.2f} | "
+                         f"{sc.contrast:.2f} | {sc.aspect:.2f} | {_f(sc.seam, '.2f')} | {_f(sc.texture, '.2f')} | "
+                         f"{sc.evaluations} | {sc.seconds:.0f} s |")
+        costs = {k: sdxl_evaluations(cand, w, h, ms) for k, (w, h) in SDXL_SIZES.items()}
+        summary.append((cand, per_shape, costs))
+    lines += ["", "Per candidate: one-object rate per shape, mean over the six shapes (only where all six ran), "
+              "the worst contrast and seam, texture range, the non-square aspects (1:2 / 2:1 / 3:1) and SDXL-equivalent "
+              f"evaluations (MultiDiffusion: {md_costs['2048²']} / {md_costs['4096²']} / {md_costs['4096×2048']}). "
+              "Rule: issue 17 item 4.", "",
+              "| candidate | " + " | ".join(TARGETS) + " | mean | min contrast | max seam | texture | aspect 1:2 / 2:1 / 3:1 "
+              "| SDXL 2048² | SDXL 4096² | SDXL 4096×2048 | rule |", "|---" * (len(TARGETS) + 10) + "|"]
+    winners = []
+    for cand, per_shape, costs in summary:
+        rates = [f"{per_shape[t].one:.0%}" if t in per_shape else "" for t in TARGETS]
+        complete = len(per_shape) == len(TARGETS)
+        mean = float(np.mean([sc.one for sc in per_shape.values()])) if complete else float("nan")
+        worst_contrast = min((sc.contrast for sc in per_shape.values()), default=float("nan"))
+        worst_seam = max((sc.seam for sc in per_shape.values() if np.isfinite(sc.seam)), default=float("nan"))
+        textures = [sc.texture for sc in per_shape.values() if np.isfinite(sc.texture)]
+        texture = f"{min(textures):.2f}–{max(textures):.2f}" if textures else "—"
+        aspects = " / ".join(_f(per_shape[t].aspect, ".2f") if t in per_shape else "" for t in ("1:2", "2:1", "3:1"))
+        ok = complete and passes_rule(per_shape, costs, md_costs)
+        if ok:
+            winners.append((mean, cand.name))
+        verdict = "passes" if ok else ("—" if not complete else "fails")
+        cost = " | ".join("full-size" if costs[k] is None else str(costs[k]) for k in SDXL_SIZES)
+        lines.append(f"| {cand.name} | " + " | ".join(rates) + f" | {_f(mean, '.0%')} | {_f(worst_contrast, '.2f')} | "
+                     f"{_f(worst_seam, '.2f')} | {texture} | {aspects} | {cost} | {verdict} |")
+    if winners:
+        best = max(winners)
+        lines += ["", f"Winner by the rule: **{best[1]}** (mean one-object rate {best[0]:.0%})."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_sampling_arguments(parser)
+    parser.add_argument("--only", default="", help="semicolon-separated candidate names (default: all)")
+    parser.add_argument("--targets", default="", help="semicolon-separated target names (default: all six)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (leave a core to others)")
+    parser.add_argument("--cells", type=Path, default=CELLS, help="where the cells are stored")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the section from stored cells")
+    parser.add_argument("--command", action="append", default=[], help="command lines to cite in the section")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    global demo_text, demo_model
+    demo = dm.load_demo_model()
+    demo_text, demo_model = demo.text, demo.model
+    cells = load_cells(args.cells)
+    if not args.render_only:
+        only = {n.strip() for n in args.only.split(";") if n.strip()}
+        targets = [t.strip() for t in args.targets.split(";") if t.strip()] or list(TARGETS)
+        native_args = argparse.Namespace(**{**vars(args), "seeds": 64})
+        if "native" not in cells:
+            lines = reference_plan(demo, 2 * NATIVE, 2 * NATIVE, args)
+            store_cell(args.cells, cells, "native", run_cell(demo, Candidate("native"), NATIVE, NATIVE, native_args,
+                                                 window_borders(None, lines)))
+        for target in targets:
+            width, height = TARGETS[target]
+            lines = window_borders(None, reference_plan(demo, width, height, args))
+            for cand in CANDIDATES:
+                if only and cand.name not in only:
+                    continue
+                cell = run_cell(demo, cand, width, height, args, lines)
+                store_cell(args.cells, cells, f"{cand.name}|{target}", cell)
+                sc = scores(asdict(cell), cells["native"])
+                print(f"{cand.name} | {target} | {sc}", flush=True)
+    body = render(cells, args, args.command or ["(see bench/coherence_bench.py's docstring)"])
+    print(body)
+    if not args.no_write:
+        write_section(HEADING, body)
+
+
+demo_text = demo_model = None
+
+if __name__ == "__main__":
+    main()
