@@ -7,25 +7,20 @@ Four wrappers on a clone of the ModelPatcher, all *outside* CutDiffusion's:
 - SAMPLER_SAMPLE: watches the step callback to tell how many model
   evaluations the sampler makes per step.
 - PREDICT_NOISE: once per model evaluation, on the full latent the sampler
-  steps, decides evaluate or skip (`adaptive.SkipCriterion`). With
-  CutDiffusion this is the whole latent, before it is cut into patches or
-  windows, so a skipped step skips every patch (stage 1) or window (stage 2).
+  steps, decides evaluate or skip (`adaptive.SkipCriterion`).
 - CALC_COND_BATCH: caches the raw noise prediction of each cond slot (cond
   and uncond) and, on a skipped step, answers from that cache at the current
   latent and sigma without calling the model. CFG (incl. sampler_cfg_function
   and post-CFG hooks) then runs as usual on those outputs: the denoised value
-  is recomputed, never reused.
+  is recomputed, never reused. With CutDiffusion inside, this is the full-size
+  frame before it is cut into patches or windows, so a skipped step skips every
+  patch (stage 1) or window (stage 2).
 
 Where the cache lives, and why: the cache must be in the frame the sampler
-steps, because the reuse happens at the *next* latent. CALC_COND_BATCH sees
-that frame for plain models and in CutDiffusion's stage 2 (it blends the
-windows below us). In stage 1 it sees CutDiffusion's patch stack, permuted
-differently at every evaluation, so per-slot eps there cannot be reused; such
-a step reuses the CFG-combined eps = (x - denoised) / sigma of the last
-evaluation instead, at the PREDICT_NOISE level. For ordinary CFG the two are
-the same number (CFG is linear and element-wise, so it commutes with the
-permutation); they differ only for non-linear CFG hooks, which in stage 1 ran
-on patches anyway.
+steps, because the reuse happens at the *next* latent. Should no call at that
+frame happen (a patch below us that calls the model on other shapes), a skip
+reuses the CFG-combined eps = (x - denoised) / sigma of the last evaluation at
+the PREDICT_NOISE level instead; for ordinary CFG the two are the same number.
 
 Step policy: the criterion runs over model evaluations. Samplers with one
 evaluation per step (euler, dpmpp_2m, ddim, lcm, uni_pc, ...) are exactly the
@@ -34,8 +29,7 @@ dpm_2, dpmpp_sde, ...) never skip: the criterion would mix predictor and
 corrector latents, and reusing eps turns them into a first-order method.
 They are recognised by a second evaluation between two step callbacks,
 which happens before the first possible skip (the criterion needs four
-latents). This also keeps CutDiffusion's step count right, which a stage-1
-skip never reaches: it learns the evaluations per step from the same gaps.
+latents).
 """
 from __future__ import annotations
 
@@ -44,18 +38,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-import comfy.patcher_extension
-
 from .adaptive import AdaptiveConfig, SkipCriterion, denoised_from_eps, eps_from_denoised, validate_config
 from .cutdiffusion_patch import WRAPPER_KEY as CUTDIFFUSION_KEY
 from .cutdiffusion_patch import cutdiffusion_stage
+from .step_counter import StepCounter
+from .wrapping import WRAPPERS, install, run_holder, run_of, watch_step_callback
 
 log = logging.getLogger("cutdiffusion")
 
 WRAPPER_KEY = "adaptivediffusion"
 RUN_KEY = "adaptivediffusion_run"
 FRONTEND_EVENT = "cutdiffusion.adaptive"
-_WRAPPERS = comfy.patcher_extension.WrappersMP
 
 
 @dataclass
@@ -89,9 +82,8 @@ class _RunState:
     skipping: bool = False
     call_index: int = 0                 # calc_cond_batch calls at the frame, this evaluation
     cond_eps: list[list[torch.Tensor | None]] = field(default_factory=list)  # per call, per cond slot
-    cfg_eps: torch.Tensor | None = None  # only where no call was at the frame (CutDiffusion stage 1)
-    callback_seen: bool = False
-    evals_since_callback: int = 0
+    cfg_eps: torch.Tensor | None = None  # only where no call was at the frame
+    steps: StepCounter = field(default_factory=StepCounter)
 
     def new_denoiser(self, stage: int | None) -> None:
         """CutDiffusion's stage changed: a prediction of the other denoiser is no use here."""
@@ -100,26 +92,15 @@ class _RunState:
         self.cond_eps, self.cfg_eps = [], None
 
     def count_evaluation(self) -> None:
-        if self.callback_seen and self.evals_since_callback >= 1 and not self.report.multi_evaluation_sampler:
+        if self.steps.several_per_step and not self.report.multi_evaluation_sampler:
             self.report.multi_evaluation_sampler = True
             log.info("AdaptiveDiffusion: the sampler evaluates the model several times per step; not skipping")
-        self.evals_since_callback += 1
+        self.steps.count_evaluation()
 
     def may_skip(self, sigma: float) -> bool:
         has_cache = bool(self.cond_eps) or self.cfg_eps is not None
         in_range = self.end_sigma < sigma <= self.start_sigma  # ComfyUI's percent convention, as LazyCache
         return has_cache and in_range and not self.report.multi_evaluation_sampler
-
-    def watching(self, callback):
-        def step_callback(*args, **kwargs):
-            self.callback_seen, self.evals_since_callback = True, 0
-            if callback is not None:
-                return callback(*args, **kwargs)
-        return step_callback
-
-
-def _run_state(model_options: dict) -> _RunState | None:
-    return model_options.get("transformer_options", {}).get(RUN_KEY)
 
 
 def _send_to_frontend(node_id: str | None, report: AdaptiveReport) -> None:
@@ -148,15 +129,15 @@ class AdaptivePatch:
 
     def apply(self, model):
         """A clone of `model` with the patch (replacing an earlier AdaptiveDiffusion patch on it)."""
-        patched = model.clone()
-        for kind, fn in ((_WRAPPERS.OUTER_SAMPLE, self.outer_sample), (_WRAPPERS.SAMPLER_SAMPLE, self.sampler_sample),
-                         (_WRAPPERS.PREDICT_NOISE, self.predict_noise),
-                         (_WRAPPERS.CALC_COND_BATCH, self.calc_cond_batch)):
-            patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
-            patched.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
-            # First key = outermost wrapper. CutDiffusion must stay inside us (see the
-            # module docstring), so move its wrappers behind ours. (Its own apply
-            # re-adds its key last, so the order also holds the other way round.)
+        patched = install(model, WRAPPER_KEY, {WRAPPERS.OUTER_SAMPLE: self.outer_sample,
+                                               WRAPPERS.SAMPLER_SAMPLE: self.sampler_sample,
+                                               WRAPPERS.PREDICT_NOISE: self.predict_noise,
+                                               WRAPPERS.CALC_COND_BATCH: self.calc_cond_batch})
+        # First key = outermost wrapper. CutDiffusion must stay inside us (see the module
+        # docstring), so its wrappers move behind ours. (Its own apply re-adds its key last,
+        # so the order also holds the other way round.)
+        for kind in (WRAPPERS.OUTER_SAMPLE, WRAPPERS.SAMPLER_SAMPLE, WRAPPERS.PREDICT_NOISE,
+                     WRAPPERS.CALC_COND_BATCH):
             inner = patched.get_wrappers(kind, CUTDIFFUSION_KEY)
             if inner:
                 patched.remove_wrappers_with_key(kind, CUTDIFFUSION_KEY)
@@ -174,32 +155,20 @@ class AdaptivePatch:
         run = _RunState(SkipCriterion(self.config), report,
                         float(model_sampling.percent_to_sigma(self.config.start_percent)),
                         float(model_sampling.percent_to_sigma(self.config.end_percent)))
-        # The guider's model_options are this run's own copy (CFGGuider.sample clones them).
-        transformer_options = guider.model_options.setdefault("transformer_options", {})
-        transformer_options[RUN_KEY] = run
         try:
-            return executor(*args, **kwargs)
+            with run_holder(guider, RUN_KEY, run):
+                return executor(*args, **kwargs)
         finally:
-            transformer_options.pop(RUN_KEY, None)
             log.info(report.summary())
             _send_to_frontend(self.node_id, report)
 
     # -- SAMPLER_SAMPLE -------------------------------------------------------
     def sampler_sample(self, executor, *args, **kwargs):
-        # args: (guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
-        args = list(args)
-        extra_args = kwargs["extra_args"] if "extra_args" in kwargs else args[2]
-        run = _run_state(extra_args.get("model_options", {}))
-        if run is not None:
-            if "callback" in kwargs:
-                kwargs["callback"] = run.watching(kwargs["callback"])
-            else:
-                args[3] = run.watching(args[3])
-        return executor(*args, **kwargs)
+        return watch_step_callback(executor, args, kwargs, RUN_KEY, lambda run, callback: run.steps.wrap(callback))
 
     # -- PREDICT_NOISE: the decision, once per evaluation ---------------------
     def predict_noise(self, executor, x, timestep, model_options={}, seed=None, **kwargs):
-        run = _run_state(model_options)
+        run = run_of(model_options, RUN_KEY)
         if run is None:
             return executor(x, timestep, model_options, seed, **kwargs)
         stage = cutdiffusion_stage(model_options, timestep)
@@ -227,7 +196,7 @@ class AdaptivePatch:
 
     # -- CALC_COND_BATCH: the per-slot cache ----------------------------------
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
-        run = _run_state(model_options)
+        run = run_of(model_options, RUN_KEY)
         if run is None or run.frame is None or x_in.shape != run.frame:
             return executor(model, conds, x_in, timestep, model_options)  # not the sampler's frame
         index = run.call_index

@@ -1,9 +1,12 @@
-"""The CutDiffusion patch's settings and their validation. Pure Python."""
+"""The CutDiffusion patch's settings: their one definition (default, range, tooltip), their
+validation, and the plan a run of them makes. Pure Python; the nodes and the plan preview
+build their inputs and checks from SETTINGS."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Sequence
 
-from .plan import LATENT_SCALE, STAGE2_MODES
+from .plan import LATENT_SCALE, STAGE2_MODES, Plan, make_plan
 from .windows import WINDOW_WEIGHTS
 
 MAX_AUTO_WINDOW_BATCH = 16  # the reference's window batch
@@ -11,35 +14,89 @@ MAX_AUTO_WINDOW_BATCH = 16  # the reference's window batch
 
 @dataclass(frozen=True)
 class CutDiffusionConfig:
-    """The patch's settings, as on the CutDiffusion node (sizes in pixels)."""
-    patch_size: int = 0          # native size; 0 = from the model type
-    window_stride: int = 0       # 0 = half the patch size (the reference's 512 px on SDXL)
-    stage_split: float = 0.5     # ComfyUI percent: stage 1 ends at percent_to_sigma(stage_split)
-    window_batch_size: int = 0   # 0 = as many as fit in free memory, at most MAX_AUTO_WINDOW_BATCH
+    """The patch's settings, as on the CutDiffusion node (sizes in pixels); defaults = the paper."""
+    patch_size: int = 0
+    window_stride: int = 0
+    stage_split: float = 0.5
+    window_batch_size: int = 0
     window_jitter: bool = True
     pixel_interaction: bool = True
-    stage2_mode: str = "overlap"       # "overlap" (MultiDiffusion, the paper) or "shifted" (non-overlapping)
-    window_weights: str = "uniform"    # "uniform" (MultiDiffusion) or "feathered"
-    min_stage1_steps: int = 0          # force stage 1 even when denoise starts below the split
-    global_guidance: float = 0.0       # 0 = the paper; >0: stage 2 mixes in the stage-1 patches' prediction
+    stage2_mode: str = "overlap"
+    window_weights: str = "uniform"
+    min_stage1_steps: int = 0
+    global_guidance: float = 0.0
 
 
-RANGES = {
-    "patch_size": (0, 16384),
-    "window_stride": (0, 16384),
-    "stage_split": (0.0, 1.0),
-    "global_guidance": (0.0, 1.0),
-    "window_batch_size": (0, 256),
-    "min_stage1_steps": (0, 10000),
-}
+@dataclass(frozen=True)
+class Setting:
+    """How one CutDiffusionConfig field is offered: bounds or options, widget step, tooltip,
+    and whether it is an expert setting (hidden under "advanced" where the frontend can)."""
+    name: str
+    tooltip: str
+    bounds: tuple[float, float] | None = None
+    step: float | None = None
+    options: Sequence[str] | None = None
+    advanced: bool = True
+
+    @property
+    def default(self):
+        return _DEFAULTS[self.name]
+
+
+_DEFAULTS = {f.name: f.default for f in fields(CutDiffusionConfig)}
+
+# Node input order.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("patch_size", bounds=(0, 16384), step=LATENT_SCALE,
+            tooltip="The model's native (training) size in px: the size of each stage-1 patch and stage-2 window. "
+                    "0 = automatic from the model type (SDXL 1024, SD1.5 512)."),
+    Setting("window_stride", bounds=(0, 16384), step=LATENT_SCALE,
+            tooltip="Stage-2 window stride in px. Smaller = more overlap, smoother, slower (more windows). "
+                    "0 = half the patch size (512 px on SDXL, as in the paper)."),
+    Setting("stage_split", bounds=(0.0, 1.0), step=0.01, advanced=False,
+            tooltip="Where stage 1 (global structure, few patches) hands over to stage 2 (detail, overlapping "
+                    "windows), as a noise level in ComfyUI's percent convention, so it means the same for every "
+                    "scheduler. 0.5 = the paper's 25/25 of 50 SDXL steps. 0 = plain MultiDiffusion; 1 = stage 1 "
+                    "only. Raise it if subjects repeat."),
+    Setting("window_batch_size", bounds=(0, 256),
+            tooltip=f"Stage-2 windows per model call. Lower it if you run out of memory. 0 = as many as fit in "
+                    f"free memory (at most {MAX_AUTO_WINDOW_BATCH})."),
+    Setting("window_jitter",
+            tooltip="Move the stage-2 windows by a small random offset at every step, so window borders never "
+                    "stay in one place (the paper's default)."),
+    Setting("pixel_interaction",
+            tooltip="Shuffle pixels between the stage-1 patches before every model call, so all patches agree "
+                    "on one layout. Off only for the paper's ablation (repeated subjects)."),
+    Setting("stage2_mode", options=STAGE2_MODES,
+            tooltip="overlap: the paper's overlapping MultiDiffusion windows. shifted: windows that tile the "
+                    "image without overlap, moved by a random offset every step so seams never stay in one "
+                    "place - about as many model calls per step as stage-1 patches (faster)."),
+    Setting("window_weights", options=WINDOW_WEIGHTS,
+            tooltip="How overlapping stage-2 windows are blended. uniform: plain average (MultiDiffusion). "
+                    "feathered: weights fade towards window borders, a smooth cross-fade (use it if you see "
+                    "seams)."),
+    Setting("min_stage1_steps", bounds=(0, 10000),
+            tooltip="Force at least this many stage-1 steps. Image-to-image with a low denoise starts below the "
+                    "stage split and then runs stage 2 only (detail refinement, the input's layout kept); raise "
+                    "this to let stage 1 rework the global structure too."),
+    Setting("global_guidance", bounds=(0.0, 1.0), step=0.05,
+            tooltip="Beyond the paper, off (0) by default. Stage 2 also runs the stage-1 patches and mixes their "
+                    "whole-image prediction into the windows', with this weight at the split fading to 0 at the "
+                    "end. Use it if subjects still repeat or small copies appear around a large one (1 = "
+                    "strongest); costs one patch set per stage-2 step."),
+)
+SETTING = {s.name: s for s in SETTINGS}
 
 
 def validate_config(config: CutDiffusionConfig) -> None:
     """Raise ValueError naming the field and its allowed range, before any work starts."""
-    for name, (lo, hi) in RANGES.items():
-        value = getattr(config, name)
-        if not lo <= value <= hi:
-            raise ValueError(f"CutDiffusion: {name} = {value} is outside the allowed range [{lo}, {hi}]")
+    for setting in SETTINGS:
+        value = getattr(config, setting.name)
+        if setting.bounds is not None and not setting.bounds[0] <= value <= setting.bounds[1]:
+            lo, hi = setting.bounds
+            raise ValueError(f"CutDiffusion: {setting.name} = {value} is outside the allowed range [{lo}, {hi}]")
+        if setting.options is not None and value not in setting.options:
+            raise ValueError(f"CutDiffusion: {setting.name} = {value!r} must be one of {list(setting.options)}")
     for name in ("patch_size", "window_stride"):
         value = getattr(config, name)
         if value % LATENT_SCALE:
@@ -48,12 +105,25 @@ def validate_config(config: CutDiffusionConfig) -> None:
         raise ValueError(f"CutDiffusion: patch_size = {config.patch_size} must be 0 (automatic) or in [64, 16384] px")
     if config.patch_size:
         validate_stride(config.window_stride, config.patch_size)
-    for name, allowed in (("stage2_mode", STAGE2_MODES), ("window_weights", WINDOW_WEIGHTS)):
-        if getattr(config, name) not in allowed:
-            raise ValueError(f"CutDiffusion: {name} = {getattr(config, name)!r} must be one of {list(allowed)}")
 
 
 def validate_stride(stride: int, patch_px: int) -> None:
     if stride > patch_px:
         raise ValueError(f"CutDiffusion: window_stride = {stride} must be in [8, {patch_px}] px (the patch size), "
                          f"or 0 for half the patch size")
+
+
+def window_stride_latent(config: CutDiffusionConfig, native_px: int) -> int:
+    """The stage-2 window stride in latent px (window_stride 0 = half the native size)."""
+    return max(1, (config.window_stride or native_px // 2) // LATENT_SCALE)
+
+
+def plan_run(config: CutDiffusionConfig, *, height: int, width: int, native_px: int, sigmas: Sequence[float],
+             split_sigma: float) -> Plan:
+    """The plan of one run with `config` on a `height x width` latent (latent px), for a model
+    trained at `native_px` whose noise level at `config.stage_split` is `split_sigma`."""
+    native, stride = native_px // LATENT_SCALE, window_stride_latent(config, native_px)
+    return make_plan(height=height, width=width, native=(native, native), stride=(stride, stride), sigmas=sigmas,
+                     split_sigma=split_sigma, stage_split=config.stage_split, jitter=config.window_jitter,
+                     mode=config.stage2_mode, min_stage1_steps=config.min_stage1_steps,
+                     global_guidance=config.global_guidance > 0)

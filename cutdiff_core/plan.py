@@ -14,6 +14,15 @@ import torch
 LATENT_SCALE = 8  # pixels per latent pixel for every model family the pack targets
 
 
+# Model evaluations per step of the samplers that make more than one (KSampler's names; the
+# k-diffusion functions are `sample_<name>`). A run takes them as a first guess and learns the
+# real number from its step callbacks; the plan preview names them.
+EVALUATIONS_PER_STEP = {
+    "heun": 2, "heunpp2": 2, "dpm_2": 2, "dpm_2_ancestral": 2, "dpm_2_ancestral_RF": 2,
+    "dpmpp_2s_ancestral": 2, "dpmpp_2s_ancestral_RF": 2, "dpmpp_2s_ancestral_cfg_pp": 2,
+    "dpmpp_sde": 2, "dpmpp_sde_gpu": 2, "seeds_2": 2, "seeds_3": 3,
+}
+
 @dataclass(frozen=True)
 class PatchGrid:
     """Stage 1: the target latent cut into `rows x cols` native-size patches.
@@ -49,8 +58,7 @@ def patch_grid(height: int, width: int, native_h: int, native_w: int) -> PatchGr
     A patch is the image seen at stride `p` along each axis, so with unequal `p1, p2` (any
     non-square target with square native size) the model draws a subject in proportions that
     relocation then stretches by `p2 / p1`: a 2048x1024 px (wide) SDXL image is two 1024 px
-    patches, each every other column. On the demo model stage 2 takes back part of it (aspect
-    1.7 at 1:2); one stride on both axes was tried and not kept (BENCHMARKS.md).
+    patches, each every other column.
     """
     if min(height, width, native_h, native_w) < 1:
         raise ValueError(f"sizes must be positive, got target {height}x{width}, native {native_h}x{native_w}")
@@ -262,19 +270,22 @@ def _uses_patch_grid(stage1_steps: int, global_guidance: bool, mode: str) -> boo
     return stage1_steps > 0 or global_guidance or mode == "shifted"
 
 
-def make_plan(height: int, width: int, native_h: int, native_w: int, stride_h: int, stride_w: int,
+def make_plan(*, height: int, width: int, native: tuple[int, int], stride: tuple[int, int],
               sigmas: Sequence[float], split_sigma: float, stage_split: float, jitter: bool,
               mode: str = "overlap", min_stage1_steps: int = 0, global_guidance: bool = False) -> Plan:
+    """The plan for a `height x width` latent: patches of the model's `native` (h, w) size,
+    stage-2 windows `stride` (h, w) apart, stage 1 while the noise is above `split_sigma`."""
+    native_h, native_w = native
     grid = patch_grid(height, width, native_h, native_w)
     t1 = stage1_steps(sigmas, split_sigma, stage_split, min_stage1_steps)
     guided = global_guidance and grid.n > 1   # one patch: the "global" view is the window itself
     padded = _uses_patch_grid(t1, guided, mode)
     work_h, work_w = (grid.padded_h, grid.padded_w) if padded else (height, width)
-    layout = window_layout(work_h, work_w, native_h, native_w, stride_h, stride_w, jitter, mode, grid)
+    layout = window_layout(work_h, work_w, native_h, native_w, *stride, jitter, mode, grid)
     return Plan(height, width, grid, layout, len(sigmas) - 1, t1, guided)
 
 
-GLOBAL_GUIDANCE_DECAY = 0.25  # chosen on the (earlier) demo model: 1 / 0.5 / 0.25 gave one object in 55 / 70 / 81%
+GLOBAL_GUIDANCE_DECAY = 0.25  # the cosine's power; how it was chosen: BENCHMARKS.md, global guidance
 
 
 def global_guidance_weight(strength: float, stage2_step: int, stage2_steps: int) -> float:

@@ -11,16 +11,7 @@ import torch
 
 from .patches import draw_permutation
 from .plan import Plan, StepWindows
-
-# Evaluations that k-diffusion samplers make in a step *after* its step callback
-# (which fires right after the step's first evaluation). Only a first guess:
-# the run learns the real number from the gap between its first two callbacks.
-EXTRA_EVALUATIONS_AFTER_CALLBACK = {
-    "sample_heun": 1, "sample_heunpp2": 1, "sample_dpm_2": 1, "sample_dpm_2_ancestral": 1,
-    "sample_dpm_2_ancestral_RF": 1, "sample_dpmpp_2s_ancestral": 1, "sample_dpmpp_2s_ancestral_RF": 1,
-    "sample_dpmpp_2s_ancestral_cfg_pp": 1, "sample_dpmpp_sde": 1, "sample_dpmpp_sde_gpu": 1,
-    "sample_seeds_2": 1, "sample_seeds_3": 2,
-}
+from .step_counter import StepCounter
 
 
 @dataclass
@@ -56,12 +47,9 @@ class RunState:
     seed: int
     report: RunReport
     sigmas: list[float]
-    steps_done: int = 0                 # step callbacks seen
-    callback_seen: bool = False
-    evals_since_callback: int = 0
-    extra_after_callback: int = 0       # evaluations of step i that come after callback(i)
-    eval_step: int | None = None        # step of the evaluation in progress
-    inside_stage1: bool = False
+    steps: StepCounter = field(default_factory=StepCounter)
+    eval_step: int | None = None        # step of the model evaluation in progress
+    eval_permutation: torch.Tensor | None = None   # its pixel exchange, drawn once per evaluation
     perm_generator: torch.Generator | None = None
     jitter_generator: torch.Generator = field(default_factory=torch.Generator)
     stage2_schedule: list[StepWindows] = field(default_factory=list)
@@ -107,41 +95,36 @@ class RunState:
         `extra_after_callback` evaluations are still step i. A sigma lookup
         covers samplers that never report steps.
         """
-        if self.callback_seen:
-            return self.steps_done - 1 if self.evals_since_callback < self.extra_after_callback else self.steps_done
+        steps = self.steps
+        if steps.callback_seen:
+            return steps.steps_done - 1 if steps.evals_since_callback < steps.extra_after_callback else steps.steps_done
         sigma = float(timestep.reshape(-1)[0])
         lookup = sum(1 for s in self.sigmas[1:-1] if s >= sigma * (1 - 1e-4))
         return 0 if lookup <= 1 else lookup
 
     def begin_evaluation(self, timestep: torch.Tensor) -> int:
         step = self.peek_step(timestep)
-        self.evals_since_callback += 1
-        self.eval_step = step
+        self.steps.count_evaluation()
+        self.eval_step, self.eval_permutation = step, None
         return step
+
+    def end_evaluation(self) -> None:
+        self.eval_step, self.eval_permutation = None, None
 
     def in_stage1(self, step: int) -> bool:
         return step < self.plan.stage1_steps
 
-    def on_step_callback(self, step: int) -> None:
-        if self.callback_seen:
-            self.extra_after_callback = max(0, self.evals_since_callback - 1)
-        self.steps_done = int(step) + 1
-        self.callback_seen = True
-        self.evals_since_callback = 0
-
-    def counting_callback(self, original: Callable | None) -> Callable:
-        def callback(step, *args, **kwargs):
-            self.on_step_callback(step)
-            if original is not None:
-                return original(step, *args, **kwargs)
-        return callback
-
     def permutation(self, stack_shape: torch.Size, device: torch.device) -> torch.Tensor:
-        if self.perm_generator is None:
-            self.perm_generator = torch.Generator(device=device)
-            self.perm_generator.manual_seed(sub_seed(self.seed, 0))
-        n = self.plan.grid.n
-        return draw_permutation(n, stack_shape[0] // n, stack_shape[1:], self.perm_generator, device)
+        """This evaluation's exchange of elements among the stage-1 patches (every model call
+        of one evaluation, e.g. a guidance hook's second one, sees the same patches)."""
+        if self.eval_permutation is None or self.eval_permutation.shape != stack_shape:
+            if self.perm_generator is None:
+                self.perm_generator = torch.Generator(device=device)
+                self.perm_generator.manual_seed(sub_seed(self.seed, 0))
+            n = self.plan.grid.n
+            self.eval_permutation = draw_permutation(n, stack_shape[0] // n, stack_shape[1:], self.perm_generator,
+                                                     device)
+        return self.eval_permutation
 
     def stage2_windows(self, step: int) -> StepWindows:
         if not self.stage2_schedule:  # only reachable through a sampler that misreports its steps

@@ -6,10 +6,8 @@ import inspect
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..cutdiff_core.cutdiffusion_patch import (CutDiffusionConfig, RunReport, apply_cutdiffusion, sample,
-                                          MAX_AUTO_WINDOW_BATCH)
-from ..cutdiff_core.plan import STAGE2_MODES
-from ..cutdiff_core.windows import WINDOW_WEIGHTS
+from ..cutdiff_core.config import SETTINGS, CutDiffusionConfig, Setting
+from ..cutdiff_core.cutdiffusion_patch import RunReport, apply_cutdiffusion, sample
 
 CATEGORY = "sampling/cutdiffusion"
 
@@ -22,66 +20,27 @@ def advanced(input_class) -> dict:
     return {"advanced": True} if accepted else {}
 
 
+def _setting_input(setting: Setting):
+    """The node input for one of the patch's settings, as the config defines it."""
+    common = dict(default=setting.default, tooltip=setting.tooltip)
+    if setting.options is not None:
+        kind, extra = io.Combo, dict(options=list(setting.options))
+    elif isinstance(setting.default, bool):
+        kind, extra = io.Boolean, {}
+    else:
+        kind, number = (io.Float, float) if isinstance(setting.default, float) else (io.Int, int)
+        extra = dict(min=number(setting.bounds[0]), max=number(setting.bounds[1]))
+        if setting.step is not None:
+            extra["step"] = setting.step
+    if setting.advanced:
+        extra.update(advanced(kind.Input))
+    return kind.Input(setting.name, **common, **extra)
+
+
 def patch_inputs() -> list:
     """The patch's settings, shared by both nodes (defaults = the reference implementation);
     all but stage_split are expert settings (advanced)."""
-    return [
-        io.Int.Input("patch_size", default=0, min=0, max=16384, step=8,
-                     tooltip="The model's native (training) size in px: the size of each stage-1 patch and stage-2 "
-                             "window. 0 = automatic from the model type (SDXL 1024, SD1.5 512).",
-                     **advanced(io.Int.Input)),
-        io.Int.Input("window_stride", default=0, min=0, max=16384, step=8,
-                     tooltip="Stage-2 window stride in px. Smaller = more overlap, smoother, slower "
-                             "(more windows). 0 = half the patch size (512 px on SDXL, as in the paper).",
-                     **advanced(io.Int.Input)),
-        io.Float.Input("stage_split", default=0.5, min=0.0, max=1.0, step=0.01,
-                       tooltip="Where stage 1 (global structure, few patches) hands over to stage 2 (detail, "
-                               "overlapping windows), as a noise level in ComfyUI's percent convention, so it means "
-                               "the same for every scheduler. 0.5 = the paper's 25/25 of 50 SDXL steps. "
-                               "0 = plain MultiDiffusion; 1 = stage 1 only. Raise it if subjects repeat."),
-        io.Int.Input("window_batch_size", default=0, min=0, max=256,
-                     tooltip=f"Stage-2 windows per model call. Lower it if you run out of memory. 0 = as many as "
-                             f"fit in free memory (at most {MAX_AUTO_WINDOW_BATCH}).",
-                     **advanced(io.Int.Input)),
-        io.Boolean.Input("window_jitter", default=True,
-                         tooltip="Move the stage-2 windows by a small random offset at every step, so window "
-                                 "borders never stay in one place (the paper's default).",
-                         **advanced(io.Boolean.Input)),
-        io.Boolean.Input("pixel_interaction", default=True,
-                         tooltip="Shuffle pixels between the stage-1 patches before every model call, so all patches "
-                                 "agree on one layout. Off only for the paper's ablation (repeated subjects).",
-                         **advanced(io.Boolean.Input)),
-        io.Combo.Input("stage2_mode", options=list(STAGE2_MODES), default="overlap",
-                       tooltip="overlap: the paper's overlapping MultiDiffusion windows. shifted: windows that tile "
-                               "the image without overlap, moved by a random offset every step so seams never stay "
-                               "in one place - about as many model calls per step as stage-1 patches (faster).",
-                       **advanced(io.Combo.Input)),
-        io.Combo.Input("window_weights", options=list(WINDOW_WEIGHTS), default="uniform",
-                       tooltip="How overlapping stage-2 windows are blended. uniform: plain average (MultiDiffusion). "
-                               "feathered: weights fade towards window borders, a smooth cross-fade (use it if you "
-                               "see seams).",
-                       **advanced(io.Combo.Input)),
-        io.Int.Input("min_stage1_steps", default=0, min=0, max=10000,
-                     tooltip="Force at least this many stage-1 steps. Image-to-image with a low denoise starts below "
-                             "the stage split and then runs stage 2 only (detail refinement, the input's layout "
-                             "kept); raise this to let stage 1 rework the global structure too.",
-                     **advanced(io.Int.Input)),
-        io.Float.Input("global_guidance", default=0.0, min=0.0, max=1.0, step=0.05,
-                       tooltip="Beyond the paper, off (0) by default. Stage 2 also runs the stage-1 patches and "
-                               "mixes their whole-image prediction into the windows', with this weight at the "
-                               "split fading to 0 at the end. Use it if subjects still repeat or small copies "
-                               "appear around a large one (1 = strongest); costs one patch set per stage-2 step.",
-                       **advanced(io.Float.Input)),
-    ]
-
-
-def _config(patch_size, window_stride, stage_split, window_batch_size, window_jitter, pixel_interaction,
-            stage2_mode, window_weights, min_stage1_steps, global_guidance):
-    return CutDiffusionConfig(patch_size=patch_size, window_stride=window_stride, stage_split=stage_split,
-                              window_batch_size=window_batch_size, window_jitter=window_jitter,
-                              pixel_interaction=pixel_interaction, stage2_mode=stage2_mode,
-                              window_weights=window_weights, min_stage1_steps=min_stage1_steps,
-                              global_guidance=global_guidance)
+    return [_setting_input(setting) for setting in SETTINGS]
 
 
 class CutDiffusion(io.ComfyNode):
@@ -102,7 +61,7 @@ class CutDiffusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, **settings) -> io.NodeOutput:
-        config = _config(**settings)
+        config = CutDiffusionConfig(**settings)
         return io.NodeOutput(apply_cutdiffusion(model, config))
 
 
@@ -141,7 +100,7 @@ class CutDiffusionKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 **settings) -> io.NodeOutput:
-        config = _config(**settings)
+        config = CutDiffusionConfig(**settings)
         report = RunReport()
         patched = apply_cutdiffusion(model, config, report)
         latent = sample(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)

@@ -18,9 +18,10 @@ import logging
 import comfy.model_sampling
 import comfy.samplers
 
-from ..cutdiff_core.config import RANGES, CutDiffusionConfig, validate_config, validate_stride
+from ..cutdiff_core.config import (SETTINGS, CutDiffusionConfig, Setting, plan_run, validate_config, validate_stride,
+                                   window_stride_latent)
+from ..cutdiff_core.plan import EVALUATIONS_PER_STEP, LATENT_SCALE, window_layout
 from ..cutdiff_demo.model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
-from ..cutdiff_core.plan import LATENT_SCALE, STAGE2_MODES, make_plan, window_layout
 
 log = logging.getLogger("cutdiffusion")
 
@@ -73,6 +74,16 @@ def _flag(params: dict, name: str, default: bool) -> bool:
     return str(params.get(name, default)).lower() in ("1", "true", "yes", "on")
 
 
+def _setting(params: dict, setting: Setting):
+    """One of the patch's settings from the request, checked as the node checks it."""
+    if setting.options is not None:
+        return _choice(params, setting.name, list(setting.options), setting.default)
+    if isinstance(setting.default, bool):
+        return _flag(params, setting.name, setting.default)
+    kind = float if isinstance(setting.default, float) else int
+    return _number(params, setting.name, kind, setting.default, *setting.bounds)
+
+
 def _choice(params: dict, name: str, options: list[str], default: str) -> str:
     value = params.get(name, default)
     if value not in options:
@@ -92,15 +103,7 @@ def preview_plan(params: dict) -> dict:
     denoise = _number(params, "denoise", float, 1.0, 0.0, 1.0)
     sampler_name = _choice(params, "sampler_name", comfy.samplers.KSampler.SAMPLERS, "euler")
     scheduler = _choice(params, "scheduler", comfy.samplers.KSampler.SCHEDULERS, "normal")
-    config = CutDiffusionConfig(
-        patch_size=_number(params, "patch_size", int, 0, *RANGES["patch_size"]),
-        window_stride=_number(params, "window_stride", int, 0, *RANGES["window_stride"]),
-        stage_split=_number(params, "stage_split", float, 0.5, *RANGES["stage_split"]),
-        window_jitter=_flag(params, "window_jitter", True),
-        stage2_mode=_choice(params, "stage2_mode", list(STAGE2_MODES), "overlap"),
-        min_stage1_steps=_number(params, "min_stage1_steps", int, 0, *RANGES["min_stage1_steps"]),
-        global_guidance=_number(params, "global_guidance", float, 0.0, *RANGES["global_guidance"]),
-    )
+    config = CutDiffusionConfig(**{setting.name: _setting(params, setting) for setting in SETTINGS})
     known_native_px = NATIVE_PX_BY_MODEL_SOURCE.get(params.get("model_source"))
     native_px = config.patch_size or known_native_px or ASSUMED_NATIVE_PX
     try:
@@ -109,12 +112,10 @@ def preview_plan(params: dict) -> dict:
     except ValueError as e:
         raise PlanRequestError(str(e)) from e
 
-    native = native_px // LATENT_SCALE
-    stride = max(1, (config.window_stride or native_px // 2) // LATENT_SCALE)
-    sigmas = preview_sigmas(scheduler, sampler_name, steps, denoise)
-    plan = make_plan(height_px // LATENT_SCALE, width_px // LATENT_SCALE, native, native, stride, stride, sigmas,
-                     float(_DISCRETE.percent_to_sigma(config.stage_split)), config.stage_split, config.window_jitter,
-                     config.stage2_mode, config.min_stage1_steps, config.global_guidance > 0)
+    native, stride = native_px // LATENT_SCALE, window_stride_latent(config, native_px)
+    plan = plan_run(config, height=height_px // LATENT_SCALE, width=width_px // LATENT_SCALE, native_px=native_px,
+                    sigmas=preview_sigmas(scheduler, sampler_name, steps, denoise),
+                    split_sigma=float(_DISCRETE.percent_to_sigma(config.stage_split)))
     grid, layout = plan.grid, plan.layout
     per_image = plan.model_evaluations(cfg_batches=1)
     # ComfyUI skips the uncond half when cfg is exactly 1.
@@ -122,8 +123,9 @@ def preview_plan(params: dict) -> dict:
     assumptions = ["stage split on the SD1.5/SDXL noise schedule"]
     if not config.patch_size:
         assumptions.insert(0, f"patch_size auto = {native_px} px" + ("" if known_native_px else " (SDXL)"))
-    if sampler_name in _MULTI_EVAL_SAMPLERS:
-        assumptions.append(f"{sampler_name} evaluates the model about twice per step")
+    if sampler_name in EVALUATIONS_PER_STEP:
+        assumptions.append(f"{sampler_name} evaluates the model about {EVALUATIONS_PER_STEP[sampler_name]} times "
+                           "per step")
     px = LATENT_SCALE
     return {
         "width": width_px, "height": height_px,
@@ -154,10 +156,6 @@ def _drawn_windows(layout) -> list:
     roll); capped, since past a few hundred the drawing is a solid block."""
     return layout.windows()[:MAX_DRAWN_WINDOWS]
 
-
-# Samplers that call the model more than once per step (KSampler names).
-_MULTI_EVAL_SAMPLERS = {"heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral",
-                        "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "seeds_2", "seeds_3"}
 
 
 def register(routes) -> None:

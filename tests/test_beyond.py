@@ -35,7 +35,8 @@ def test_low_denoise_stays_close_to_the_input_and_says_it_skips_stage1(model, co
 
 @pytest.mark.parametrize("height, width", [(64, 64), (70, 40), (96, 33), (20, 50)])
 def test_shifted_tiles_cover_every_pixel_exactly_once(height, width):
-    plan = make_plan(height, width, 32, 32, 16, 16, [1.0, 0.5, 0.0], 0.5, 0.5, True, "shifted")
+    plan = make_plan(height=height, width=width, native=(32, 32), stride=(16, 16), sigmas=[1.0, 0.5, 0.0],
+                     split_sigma=0.5, stage_split=0.5, jitter=True, mode="shifted")
     layout, grid = plan.layout, plan.grid
     assert layout.count == grid.n and (layout.win_h, layout.win_w) == (grid.patch_h, grid.patch_w)
     gen = torch.Generator().manual_seed(height * width)
@@ -56,7 +57,8 @@ def test_shifted_tiles_cover_every_pixel_exactly_once(height, width):
 
 def test_tile_reshape_equals_cropping_and_blending_the_tiles():
     """The shifted fast path (one reshape each way) is the crop-and-blend path, exactly."""
-    plan = make_plan(48, 64, 16, 16, 8, 8, [1.0, 0.5, 0.0], 0.5, 0.5, True, "shifted")
+    plan = make_plan(height=48, width=64, native=(16, 16), stride=(8, 8), sigmas=[1.0, 0.5, 0.0], split_sigma=0.5,
+                     stage_split=0.5, jitter=True, mode="shifted")
     layout = plan.layout
     windows = layout.windows()
     rows, cols = len(layout.ys), len(layout.xs)
@@ -135,7 +137,8 @@ def test_feathered_weights_are_positive_and_normalise():
     weights = feathered_weights(16, 16)
     w = weights(32, 32, torch.device("cpu"), torch.float32)
     assert bool((w > 0).all()) and float(w.max()) <= 1.0 and float(w[0, 0]) < float(w[16, 16])
-    plan = make_plan(64, 64, 32, 32, 16, 16, [1.0, 0.0], 0.5, 0.0, False)
+    plan = make_plan(height=64, width=64, native=(32, 32), stride=(16, 16), sigmas=[1.0, 0.0], split_sigma=0.5,
+                     stage_split=0.0, jitter=False)
     windows = plan.layout.windows()
     blender = WindowBlender(torch.zeros(1, 4, 64, 64), weights)
     constant = torch.full((len(windows), 4, 32, 32), 3.0)

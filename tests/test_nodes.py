@@ -63,6 +63,25 @@ INPUT_ORDER = {
                              "latent_image", "denoise", *PATCH_INPUTS],
     "AdaptiveDiffusion": ["model", "threshold", "max_skip_steps", "warmup_steps", "start_percent", "end_percent"],
 }
+def test_patch_inputs_are_the_configs_settings():
+    # One definition: each input's default, range, options and tooltip are the config's.
+    import dataclasses
+
+    import nodes
+    from cutdiff_core.config import SETTINGS, CutDiffusionConfig
+    assert [s.name for s in SETTINGS] == PATCH_INPUTS == [f.name for f in dataclasses.fields(CutDiffusionConfig)]
+    defaults = CutDiffusionConfig()
+    for node in ("CutDiffusion", "CutDiffusionKSampler"):
+        inputs = {i.id: i for i in nodes.NODE_CLASS_MAPPINGS[node].GET_SCHEMA().inputs}
+        for setting in SETTINGS:
+            given = inputs[setting.name]
+            assert given.default == getattr(defaults, setting.name) and given.tooltip == setting.tooltip
+            if setting.bounds is not None:
+                assert (given.min, given.max) == setting.bounds
+            if setting.options is not None:
+                assert list(given.options) == list(setting.options)
+
+
 # The expert inputs, hidden by the frontend until "Show advanced inputs" where ComfyUI can mark them.
 ADVANCED = {
     "CutDiffusion": set(PATCH_INPUTS) - {"stage_split"},

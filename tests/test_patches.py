@@ -88,3 +88,59 @@ def test_window_crops_rewrite_only_the_crop_slots():
             assert torch.equal(row[:1792], y[b, :1792]) and torch.equal(row[2304:], y[b, 2304:])
             assert torch.equal(row[1792:2048], embed(torch.tensor([float(ch)]))[0])
             assert torch.equal(row[2048:2304], embed(torch.tensor([float(cw)]))[0])
+
+
+# --------------------------------------------------------------------------- the stage functions
+
+def _seen_and_scaled(seen: list, scale: float = 2.0):
+    """A stand-in model: records each call's (images, views) and predicts `scale * images` for
+    two cond slots, so the stages' output says where every pixel went."""
+    def denoise(images, views):
+        seen.append((images.clone(), list(views)))
+        return [scale * images, -images]
+    return denoise
+
+
+def test_stage1_relocates_each_patch_prediction_to_its_pixels():
+    from cutdiff_core.plan import patch_grid
+    from cutdiff_core.stages import stage1_denoise
+    x = torch.randn(2, 3, 6, 8)
+    grid = patch_grid(6, 8, 3, 4)
+    perm = draw_permutation(grid.n, 2, (3, 3, 4), torch.Generator().manual_seed(0), x.device)
+    for permutation, per_call in ((None, None), (perm, None), (perm, 3)):
+        seen = []
+        cond, uncond = stage1_denoise(x, _seen_and_scaled(seen), grid, permutation, per_call)
+        assert torch.equal(cond, 2.0 * x) and torch.equal(uncond, -x)
+        # The model saw native-size patches, whole patches per call, each exchanged as drawn.
+        stack = unfold_patches(x, grid.rows, grid.cols)
+        expected = stack if permutation is None else permute_patches(stack, permutation)
+        assert torch.equal(torch.cat([images for images, _ in seen]), expected)
+        assert [views for _, views in seen] == ([list(range(4))] if per_call is None else [[0, 1, 2], [3]])
+
+
+def test_stage2_windows_average_back_to_the_frame_with_and_without_shift():
+    from cutdiff_core.plan import StepWindows, window_layout
+    from cutdiff_core.stages import stage2_denoise
+    x = torch.randn(2, 3, 12, 16)
+    overlap = window_layout(12, 16, 8, 8, 4, 4, jitter=False)
+    tiles = window_layout(12, 16, 6, 8, 6, 8, jitter=False, mode="shifted")
+    cases = [(StepWindows(overlap.windows()), None), (StepWindows(tiles.windows(), (3, 5)), (2, 2))]
+    for step, tiling in cases:
+        seen = []
+        cond, uncond = stage2_denoise(x, _seen_and_scaled(seen), step, [True, True], windows_per_call=2,
+                                      tiles=tiling)
+        torch.testing.assert_close(cond, 2.0 * x)
+        torch.testing.assert_close(uncond, -x)
+        frame = torch.roll(x, (-step.shift[0], -step.shift[1]), (-2, -1))
+        assert torch.equal(torch.cat([images for images, _ in seen]), crop_windows(frame, step.windows))
+        assert all(len(views) <= 2 for _, views in seen)
+    # An absent slot (uncond at cfg 1) comes back as zeros, as ComfyUI's own.
+    _, absent = stage2_denoise(x, _seen_and_scaled([]), cases[0][0], [True, False], windows_per_call=4)
+    assert torch.equal(absent, torch.zeros_like(x))
+
+
+def test_global_guidance_mix_is_exact_at_its_ends():
+    from cutdiff_core.stages import guide_by_patches
+    windows, patches = [torch.randn(1, 4, 8, 8)], [torch.randn(1, 4, 8, 8)]
+    assert torch.equal(guide_by_patches(windows, patches, 1.0)[0], patches[0])
+    assert torch.equal(guide_by_patches(windows, patches, 0.0)[0], windows[0])

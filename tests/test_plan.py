@@ -30,7 +30,8 @@ def test_reference_window_counts(px, windows):
 @pytest.mark.parametrize("h_px, w_px, n, windows", [(1024, 2048, 2, 3), (2048, 2048, 4, 9), (3072, 3072, 9, 25),
                                                     (4096, 4096, 16, 49)])
 def test_reference_costs(h_px, w_px, n, windows):
-    plan = make_plan(h_px // 8, w_px // 8, 128, 128, 64, 64, [1.0] * 51, 0.5, 0.5, jitter=False)
+    plan = make_plan(height=h_px // 8, width=w_px // 8, native=(128, 128), stride=(64, 64), sigmas=[1.0] * 51,
+                     split_sigma=0.5, stage_split=0.5, jitter=False)
     assert plan.grid.n == n and plan.layout.count == windows
     # Spec 3.6: stage-split evaluations, x2 for CFG.
     assert plan.model_evaluations() == 2 * (plan.stage1_steps * n + plan.stage2_steps * windows)
@@ -39,8 +40,10 @@ def test_reference_costs(h_px, w_px, n, windows):
 def test_cost_ratio_against_multidiffusion_matches_spec():
     for px, ratio in ((2048, 0.72), (4096, 0.66)):
         sigmas = [50 - i for i in range(51)]  # 50 steps, split after 25
-        plan = make_plan(px // 8, px // 8, 128, 128, 64, 64, sigmas, 25.5, 0.5, jitter=False)
-        multi = make_plan(px // 8, px // 8, 128, 128, 64, 64, sigmas, 25.5, 0.0, jitter=False)
+        plan = make_plan(height=px // 8, width=px // 8, native=(128, 128), stride=(64, 64), sigmas=sigmas,
+                         split_sigma=25.5, stage_split=0.5, jitter=False)
+        multi = make_plan(height=px // 8, width=px // 8, native=(128, 128), stride=(64, 64), sigmas=sigmas,
+                          split_sigma=25.5, stage_split=0.0, jitter=False)
         assert plan.stage1_steps == 25 and multi.stage1_steps == 0
         assert plan.model_evaluations() / multi.model_evaluations() == pytest.approx(ratio, abs=0.01)
 
@@ -76,7 +79,8 @@ sizes = st.integers(min_value=8, max_value=700)
        jitter=st.booleans())
 def test_plan_properties(h, w, native, stride_frac, seed, jitter):
     stride = max(1, int(native * stride_frac))
-    plan = make_plan(h, w, native, native, stride, stride, [1.0] * 11, 0.5, 0.5, jitter)
+    plan = make_plan(height=h, width=w, native=(native, native), stride=(stride, stride), sigmas=[1.0] * 11,
+                     split_sigma=0.5, stage_split=0.5, jitter=jitter)
     g, lay = plan.grid, plan.layout
     # Patches: never larger than native, padding below the bound, covering the target.
     assert g.patch_h <= native and g.patch_w <= native
