@@ -52,7 +52,8 @@ def pad_mask(mask: torch.Tensor, shape: torch.Size, pad: tuple[int, int, int, in
     return F.pad(mask, pad, mode="replicate")
 
 
-def pad_image_conds(conds: dict, height: int, width: int, pad: tuple[int, int, int, int]) -> None:
+def pad_image_conds(conds: dict, height: int, width: int, pad: tuple[int, int, int, int],
+                    latent_px: int = LATENT_SCALE) -> None:
     """Say the requested size to size-conditioned models, and pad image-shaped conds like the latent.
 
     ComfyUI derives SDXL's size conditioning from the latent it samples; on the padded
@@ -62,13 +63,13 @@ def pad_image_conds(conds: dict, height: int, width: int, pad: tuple[int, int, i
     """
     for cond_list in conds.values():
         for cond in cond_list or []:
-            cond.setdefault("width", width * LATENT_SCALE)
-            cond.setdefault("height", height * LATENT_SCALE)
+            cond.setdefault("width", width * latent_px)
+            cond.setdefault("height", height * latent_px)
             for key in ("concat_latent_image", "concat_mask"):   # latent size, or pixels for the mask
                 image = cond.get(key)
                 if isinstance(image, torch.Tensor) and image.ndim == 4:
                     scale = image.shape[-1] // width
-                    if scale in (1, LATENT_SCALE) and tuple(image.shape[-2:]) == (height * scale, width * scale):
+                    if scale in (1, latent_px) and tuple(image.shape[-2:]) == (height * scale, width * scale):
                         cond[key] = F.pad(image, tuple(p * scale for p in pad), mode="replicate")
 
 
@@ -107,8 +108,9 @@ def window_conds(model, cond_list, windows: list[Window], batch: int, frame_hw, 
         y = model_conds.get("y")
         slot = sdxl_crop_slot(model, y.cond.shape[-1]) if y is not None else None
         if slot is not None:
-            crops = [(cond.get("crop_h", 0) + (w.y + shift[0]) % height * LATENT_SCALE,
-                      cond.get("crop_w", 0) + (w.x + shift[1]) % width * LATENT_SCALE) for w in windows]
+            px = run.plan.latent_px
+            crops = [(cond.get("crop_h", 0) + (w.y + shift[0]) % height * px,
+                      cond.get("crop_w", 0) + (w.x + shift[1]) % width * px) for w in windows]
             y_batch = comfy.utils.repeat_to_batch_size(y.cond, batch)
             embed = run.cached_embedder(model.embedder, y_batch.device, y_batch.dtype)
             y_windows = with_window_crops(y_batch, slot, crops, embed)

@@ -113,17 +113,26 @@ def validate_stride(stride: int, patch_px: int) -> None:
                          f"or 0 for half the patch size")
 
 
-def window_stride_latent(config: CutDiffusionConfig, native_px: int) -> int:
+def validate_for_latent(config: CutDiffusionConfig, latent_px: int) -> None:
+    """Sizes a model with `latent_px` px per latent pixel can cut exactly (Flux.2: multiples of 16)."""
+    for name in ("patch_size", "window_stride"):
+        value = getattr(config, name)
+        if value % latent_px:
+            raise ValueError(f"CutDiffusion: {name} = {value} must be a multiple of {latent_px} px for this model "
+                             f"({latent_px} px per latent pixel; 0 = automatic)")
+
+
+def window_stride_latent(config: CutDiffusionConfig, native_px: int, latent_px: int = LATENT_SCALE) -> int:
     """The stage-2 window stride in latent px (window_stride 0 = half the native size)."""
-    return max(1, (config.window_stride or native_px // 2) // LATENT_SCALE)
+    return max(1, (config.window_stride or native_px // 2) // latent_px)
 
 
 def plan_run(config: CutDiffusionConfig, *, height: int, width: int, native_px: int, sigmas: Sequence[float],
-             split_sigma: float) -> Plan:
-    """The plan of one run with `config` on a `height x width` latent (latent px), for a model
-    trained at `native_px` whose noise level at `config.stage_split` is `split_sigma`."""
-    native, stride = native_px // LATENT_SCALE, window_stride_latent(config, native_px)
+             split_sigma: float, latent_px: int = LATENT_SCALE) -> Plan:
+    """The plan of one run with `config` on a `height x width` latent (latent px, each `latent_px`
+    px), for a model trained at `native_px` whose noise level at `config.stage_split` is `split_sigma`."""
+    native, stride = native_px // latent_px, window_stride_latent(config, native_px, latent_px)
     return make_plan(height=height, width=width, native=(native, native), stride=(stride, stride), sigmas=sigmas,
                      split_sigma=split_sigma, stage_split=config.stage_split, jitter=config.window_jitter,
                      mode=config.stage2_mode, min_stage1_steps=config.min_stage1_steps,
-                     global_guidance=config.global_guidance > 0)
+                     global_guidance=config.global_guidance > 0, latent_px=latent_px)

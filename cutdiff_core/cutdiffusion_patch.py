@@ -28,9 +28,9 @@ import comfy.model_management
 import comfy.utils
 
 from .conditioning import check_conds, pad_image_conds, pad_mask, views_of_image_conds, window_conds
-from .config import (MAX_AUTO_WINDOW_BATCH, CutDiffusionConfig, plan_run, validate_config, validate_stride,
-                     window_stride_latent)
-from .native_size import native_size_px
+from .config import (MAX_AUTO_WINDOW_BATCH, CutDiffusionConfig, plan_run, validate_config, validate_for_latent,
+                     validate_stride, window_stride_latent)
+from .native_size import latent_px, native_size_px
 from .patches import unfold_patches
 from .plan import EVALUATIONS_PER_STEP, Window, global_guidance_weight
 from .run_state import RunReport, RunState
@@ -80,12 +80,19 @@ def _repeat_timestep(timestep: torch.Tensor, times: int) -> torch.Tensor:
     return timestep.repeat(times) if timestep.ndim == 1 else timestep
 
 
+def _single_frame(latent: torch.Tensor) -> bool:
+    """A one-frame video-shaped latent [B, C, 1, H, W] (Qwen-Image): an image to the stages."""
+    return latent.ndim == 5 and latent.shape[2] == 1
+
+
 class CutDiffusionPatch:
     """The four wrappers, bound to one configuration."""
 
-    def __init__(self, config: CutDiffusionConfig, native_px: int, report: RunReport | None = None):
+    def __init__(self, config: CutDiffusionConfig, native_px: int, report: RunReport | None = None,
+                 latent_px: int = 8):
         self.config = config
         self.native_px = native_px
+        self.latent_px = latent_px
         self.report = report
 
     def __deepcopy__(self, memo):
@@ -109,7 +116,7 @@ class CutDiffusionPatch:
         plan = run.plan
         if plan.pad_h or plan.pad_w:
             noise, latent_image, denoise_mask = self._pad(run, noise, latent_image, denoise_mask)
-            pad_image_conds(guider.conds, height, width, (0, plan.pad_w, 0, plan.pad_h))
+            pad_image_conds(guider.conds, height, width, (0, plan.pad_w, 0, plan.pad_h), self.latent_px)
             if kwargs.get("latent_shapes") is not None and len(kwargs["latent_shapes"]) == 1:
                 kwargs["latent_shapes"] = [noise.shape]
         run.draw_stage2_schedule()
@@ -119,8 +126,9 @@ class CutDiffusionPatch:
 
     def _start_run(self, guider, noise, sigmas, seed) -> RunState | None:
         """Plan this run, or None where it is plain sampling (said in the log and the report)."""
-        if getattr(noise, "is_nested", False) or noise.ndim != 4:
-            raise ValueError("CutDiffusion works on image latents [B, C, H, W]; this model's latent is "
+        if getattr(noise, "is_nested", False) or not (noise.ndim == 4 or _single_frame(noise)):
+            raise ValueError("CutDiffusion works on image latents [B, C, H, W] (or one frame [B, C, 1, H, W]); "
+                             "this model's latent is "
                              f"{'nested' if getattr(noise, 'is_nested', False) else tuple(noise.shape)}")
         check_conds(guider.conds)
         _check_other_patches(guider.model_options)
@@ -128,7 +136,8 @@ class CutDiffusionPatch:
         model_sampling = guider.model_patcher.get_model_object("model_sampling")
         sigma_list = [float(s) for s in sigmas]
         plan = plan_run(cfg, height=noise.shape[-2], width=noise.shape[-1], native_px=self.native_px,
-                        sigmas=sigma_list, split_sigma=float(model_sampling.percent_to_sigma(cfg.stage_split)))
+                        latent_px=self.latent_px, sigmas=sigma_list,
+                        split_sigma=float(model_sampling.percent_to_sigma(cfg.stage_split)))
         report = self.report if self.report is not None else RunReport()
         report.plan, report.batch, report.notes = plan, noise.shape[0], []
         report.stage1_evaluations = report.stage2_evaluations = 0
@@ -145,18 +154,23 @@ class CutDiffusionPatch:
             log.warning("CutDiffusion: %s", report.notes[-1])
         log.info("CutDiffusion: %s", plan.summary())
         run = RunState(plan, int(seed or 0), report, sigma_list)
-        stride = window_stride_latent(cfg, self.native_px)
+        stride = window_stride_latent(cfg, self.native_px, self.latent_px)
         run.window_weights = make_weights(cfg.window_weights, plan.layout.win_h - stride, plan.layout.win_w - stride)
         return run
 
     def _pad(self, run: RunState, noise, latent_image, denoise_mask):
         """Pad to the patch grid: fresh noise in the new rows/cols, the image and mask extended."""
         plan = run.plan
-        padded = torch.randn((*noise.shape[:2], plan.height + plan.pad_h, plan.width + plan.pad_w),
+        padded = torch.randn((*noise.shape[:-2], plan.height + plan.pad_h, plan.width + plan.pad_w),
                              generator=run.jitter_generator, dtype=torch.float32).to(device=noise.device,
                                                                                      dtype=noise.dtype)
         padded[..., :noise.shape[-2], :noise.shape[-1]] = noise
         pad = (0, plan.pad_w, 0, plan.pad_h)
+        if _single_frame(noise):
+            if denoise_mask is not None:
+                raise ValueError("CutDiffusion: a noise mask (inpainting) on a one-frame [B, C, 1, H, W] latent "
+                                 "is not supported at sizes that need padding to the patch grid")
+            return padded, F.pad(latent_image[:, :, 0], pad, mode="replicate").unsqueeze(2), None
         latent_image = F.pad(latent_image, pad, mode="replicate")
         if denoise_mask is not None:
             denoise_mask = pad_mask(denoise_mask, noise.shape, pad)
@@ -187,18 +201,23 @@ class CutDiffusionPatch:
         run = run_of(model_options, RUN_KEY)
         if run is None or run.eval_step is None:
             return executor(model, conds, x_in, timestep, model_options)
-        call = _ModelCall(self, run, executor, model, conds, timestep, model_options)
+        if _single_frame(x_in):  # the stages cut images; the model gets its frame axis back per call
+            call = _ModelCall(self, run, executor, model, conds, timestep, model_options, frames=True)
+            return [p.unsqueeze(2) for p in self._stages(run, call, x_in[:, :, 0])]
+        return self._stages(run, _ModelCall(self, run, executor, model, conds, timestep, model_options), x_in)
+
+    def _stages(self, run: RunState, call: "_ModelCall", x_in: torch.Tensor) -> list[torch.Tensor]:
         if run.in_stage1(run.eval_step):
             return call.stage1(x_in)
         step = run.stage2_windows(run.eval_step)
         run.report.stage2_evaluations += len(step.windows) * x_in.shape[0]
         if len(step.windows) == 1 and (step.windows[0].h, step.windows[0].w) == tuple(x_in.shape[-2:]):
-            return executor(model, conds, x_in, timestep, model_options)
+            return call.whole(x_in)
         layout = run.plan.layout
         tiles = (len(layout.ys), len(layout.xs))
         # Shifted tiles cover each pixel once: one reshape cuts them out and one puts them back.
         tiled = layout.mode == "shifted" and (tiles[0] * layout.win_h, tiles[1] * layout.win_w) == tuple(x_in.shape[-2:])
-        windows_per_call = self._window_batch(run, model, x_in, step.windows[0], call.halves)
+        windows_per_call = self._window_batch(run, call.model, x_in, step.windows[0], call.halves)
         predictions = stage2_denoise(x_in, call.windows(tuple(x_in.shape[-2:]), step.shift), step, call.slots,
                                      windows_per_call=windows_per_call, weights=run.window_weights,
                                      tiles=tiles if tiled else None, buffers=run.blend_buffers_for)
@@ -227,15 +246,24 @@ class _ModelCall:
     """One ComfyUI calc_cond_batch call, offered to the stages as `denoise(images, views)`:
     each stack of patches or windows goes to the model with conds cut to match."""
 
-    def __init__(self, patch: CutDiffusionPatch, run: RunState, executor, model, conds, timestep, model_options):
+    def __init__(self, patch: CutDiffusionPatch, run: RunState, executor, model, conds, timestep, model_options,
+                 frames: bool = False):
         self.patch, self.run, self.executor, self.model = patch, run, executor, model
         self.conds, self.timestep, self.model_options = conds, timestep, model_options
+        self.frames = frames   # the model takes [B, C, 1, H, W]
         self.slots = [c is not None for c in conds]
         self.halves = sum(self.slots)
 
     def _model(self, images: torch.Tensor, views: int, conds: list) -> list[torch.Tensor]:
         comfy.model_management.throw_exception_if_processing_interrupted()
-        return self.executor(self.model, conds, images, _repeat_timestep(self.timestep, views), self.model_options)
+        if self.frames:
+            images = images.unsqueeze(2)
+        out = self.executor(self.model, conds, images, _repeat_timestep(self.timestep, views), self.model_options)
+        return [o[:, :, 0] for o in out] if self.frames else out
+
+    def whole(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The model on the whole frame, as without the patch (one window covers it)."""
+        return self._model(x, 1, self.conds)
 
     def stage1(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stage 1 on the frame `x`: the strided patches, exchanged, through the model, relocated."""
@@ -271,9 +299,11 @@ class _ModelCall:
 def apply_cutdiffusion(model, config: CutDiffusionConfig, report: RunReport | None = None):
     """Validate, then return a patched clone of `model` (the input is left untouched)."""
     validate_config(config)
+    scale = latent_px(model)
+    validate_for_latent(config, scale)
     native_px = config.patch_size or native_size_px(model)
     validate_stride(config.window_stride, native_px)
-    return CutDiffusionPatch(config, native_px, report).apply(model)
+    return CutDiffusionPatch(config, native_px, report, scale).apply(model)
 
 
 def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,

@@ -1,5 +1,5 @@
-"""The native (training) resolution of a ComfyUI model: the size of CutDiffusion's patches
-and windows when patch_size is 0."""
+"""The native (training) resolution of a ComfyUI model, the size of CutDiffusion's patches
+and windows when patch_size is 0, and how many pixels one of its latent pixels stands for."""
 from __future__ import annotations
 
 import comfy.model_base
@@ -20,13 +20,21 @@ _NATIVE_PX_BY_CONFIG = {
     "QwenImage": 1328,       # Qwen-Image's 1:1 training size (its model card's 1328x1328)
     "HiDream": 1024,
     "AuraFlow": 1024, "PixArtSigma": 1024, "HunyuanDiT": 1024, "HunyuanDiT1": 1024,
-    # Latents that are not 8 px per latent px (see _LATENT_PX_BY_CONFIG): known, but refused below.
+    # Latents that are not 8 px per latent px (see _LATENT_PX_BY_CONFIG).
     "Flux2": 1024, "HunyuanImage21": 2048, "ChromaRadiance": 1024,
 }
 _NATIVE_PX_BY_LATENT_FORMAT = {"SD15": 512, "SDXL": 1024, "SD3": 1024, "Flux": 1024}
-# Pixels per latent pixel where it is not the LATENT_SCALE the pack counts in (newer ComfyUI
-# also says it as the latent format's `spacial_downscale_ratio`; 0.3.75 does not).
+# Pixels per latent pixel where it is not SD's 8 (newer ComfyUI also says it as the latent
+# format's `spacial_downscale_ratio`; 0.3.75 does not).
 _LATENT_PX_BY_CONFIG = {"Flux2": 16, "HunyuanImage21": 32, "ChromaRadiance": 1}
+
+
+def latent_px(model) -> int:
+    """Pixels per latent pixel of the model's latent (8 for SD/SDXL/Flux.1, 16 for Flux.2)."""
+    base = model.model
+    config_name = type(getattr(base, "model_config", None)).__name__
+    return int(_LATENT_PX_BY_CONFIG.get(config_name, getattr(base.latent_format, "spacial_downscale_ratio",
+                                                             LATENT_SCALE)))
 
 
 def native_size_px(model) -> int:
@@ -36,13 +44,6 @@ def native_size_px(model) -> int:
     if declared:
         return int(declared)  # a model config may say it outright (the pack's demo model does)
     config_name = type(getattr(base, "model_config", None)).__name__
-    latent_px = _LATENT_PX_BY_CONFIG.get(config_name,
-                                         getattr(base.latent_format, "spacial_downscale_ratio", LATENT_SCALE))
-    if latent_px != LATENT_SCALE:
-        native = _NATIVE_PX_BY_CONFIG.get(config_name)
-        raise ValueError(f"CutDiffusion: a {config_name} model's latent has {latent_px} px per latent pixel"
-                         f"{f' (trained at {native} px)' if native else ''}, but patch_size counts "
-                         f"{LATENT_SCALE} px per latent pixel; this model family is not supported yet")
     if config_name == "SD20" and base.model_type == comfy.model_base.ModelType.V_PREDICTION:
         return 768  # SD 2.x 768-v
     if config_name in _NATIVE_PX_BY_CONFIG:

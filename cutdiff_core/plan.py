@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-LATENT_SCALE = 8  # pixels per latent pixel for every model family the pack targets
+LATENT_SCALE = 8  # pixels per latent pixel of SD/SDXL/Flux.1-style latents; a plan may say otherwise
 
 
 # Model evaluations per step of the samplers that make more than one (KSampler's names; the
@@ -223,6 +223,7 @@ class Plan:
     steps: int
     stage1_steps: int
     global_guidance: bool = False   # stage 2 also evaluates the stage-1 patches (beyond the paper)
+    latent_px: int = LATENT_SCALE   # pixels per latent pixel, for sizes said in px
 
     @property
     def stage2_steps(self) -> int:
@@ -254,10 +255,11 @@ class Plan:
     def summary(self) -> str:
         g, lay = self.grid, self.layout
         pad = f", padded by {self.pad_h}x{self.pad_w}" if self.pad_h or self.pad_w else ""
-        size = f"{lay.win_w * LATENT_SCALE}x{lay.win_h * LATENT_SCALE} px"
+        px = self.latent_px
+        size = f"{lay.win_w * px}x{lay.win_h * px} px"
         kind = "shifted tiles" if lay.mode == "shifted" else "windows"
-        return (f"{self.width * LATENT_SCALE}x{self.height * LATENT_SCALE} px: stage 1 {self.stage1_steps} steps on "
-                f"{g.rows}x{g.cols} patches of {g.patch_w * LATENT_SCALE}x{g.patch_h * LATENT_SCALE} px{pad}; stage 2 "
+        return (f"{self.width * px}x{self.height * px} px: stage 1 {self.stage1_steps} steps on "
+                f"{g.rows}x{g.cols} patches of {g.patch_w * px}x{g.patch_h * px} px{pad}; stage 2 "
                 f"{self.stage2_steps} steps on {len(lay.ys)}x{len(lay.xs)} {kind} of {size}"
                 f"{' guided by the stage-1 patches' if self.global_guidance else ''}; "
                 f"{self.model_evaluations(cfg_batches=1)} model evaluations per image and CFG half")
@@ -272,7 +274,8 @@ def _uses_patch_grid(stage1_steps: int, global_guidance: bool, mode: str) -> boo
 
 def make_plan(*, height: int, width: int, native: tuple[int, int], stride: tuple[int, int],
               sigmas: Sequence[float], split_sigma: float, stage_split: float, jitter: bool,
-              mode: str = "overlap", min_stage1_steps: int = 0, global_guidance: bool = False) -> Plan:
+              mode: str = "overlap", min_stage1_steps: int = 0, global_guidance: bool = False,
+              latent_px: int = LATENT_SCALE) -> Plan:
     """The plan for a `height x width` latent: patches of the model's `native` (h, w) size,
     stage-2 windows `stride` (h, w) apart, stage 1 while the noise is above `split_sigma`."""
     native_h, native_w = native
@@ -282,7 +285,7 @@ def make_plan(*, height: int, width: int, native: tuple[int, int], stride: tuple
     padded = _uses_patch_grid(t1, guided, mode)
     work_h, work_w = (grid.padded_h, grid.padded_w) if padded else (height, width)
     layout = window_layout(work_h, work_w, native_h, native_w, *stride, jitter, mode, grid)
-    return Plan(height, width, grid, layout, len(sigmas) - 1, t1, guided)
+    return Plan(height, width, grid, layout, len(sigmas) - 1, t1, guided, latent_px)
 
 
 GLOBAL_GUIDANCE_DECAY = 0.25  # the cosine's power; how it was chosen: BENCHMARKS.md, global guidance

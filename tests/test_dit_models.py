@@ -13,8 +13,8 @@ ComfyUI's own classes (cutdiff_dev/tiny_dit.py): the SDXL guarantees of test_sam
 - the per-image conditioning (pooled vectors, or text features where a family has no pooled
   vector) and Flux guidance reach every patch and window, with the right image.
 
-Guarantees the pack's core does not give yet for a family are strict xfails (XFAILS below,
-each with its cause): Qwen-Image's 5-D latent, Flux.2's 16 px per latent px.
+Qwen-Image samples a one-frame 5-D latent [B, C, 1, H, W] and Flux.2 a latent of 16 px per latent
+pixel; both are planned and cut as images of their own scale.
 """
 import math
 import types
@@ -32,31 +32,13 @@ from cutdiff_dev import comfy_runtime as rt
 from cutdiff_dev import tiny_dit as td
 from helpers import CountingModel, reference_windows, run_cut, schedule
 
-from cutdiff_core import cutdiffusion_patch
+from cutdiff_core import cutdiffusion_patch, native_size
 
 PATCH = 256          # px: the tiny models' "native" size (32 latent px at 8x; 16x16 tokens after 2x2 patchify)
 NATIVE = PATCH // 8
 FLUX_GUIDANCE, FLUX_NEG_GUIDANCE = 3.5, 2.0
 
 FAMILIES = ["flux", "sd3", "lumina2", "zimage", "qwen_image", "flux2"]
-
-_QWEN_5D = ("Qwen-Image's latent is 5-D [B, C, T=1, H, W] (Wan 2.1 latent format; ComfyUI's "
-            "fix_empty_latent_channels unsqueezes the empty 4-D latent), and CutDiffusionPatch._start_run "
-            "refuses every latent that is not 4-D with a ValueError, even at native size")
-_FLUX2_SCALE = ("Flux.2's latent has 16 px per latent px, but the plan converts patch_size (and window_stride) "
-                "to latent px with plan.LATENT_SCALE = 8 for every model, so patch_size 256 px plans "
-                "32-latent-px patches and windows (512 px) instead of 16")
-# (family, test) -> (cause, exception the run fails with today). Everything not listed must pass.
-XFAILS = {
-    **{("qwen_image", test): (_QWEN_5D, ValueError) for test in (
-        "test_native_size_equals_ksampler", "test_multidiffusion_special_case_matches_reference",
-        "test_model_evaluations_match_the_plan", "test_every_patch_and_window_has_native_positions",
-        "test_conditioning_and_guidance_reach_every_patch_and_window")},
-    **{("flux2", test): (_FLUX2_SCALE, AssertionError) for test in (
-        "test_multidiffusion_special_case_matches_reference", "test_model_evaluations_match_the_plan",
-        "test_every_patch_and_window_has_native_positions")},
-}
-
 
 @pytest.fixture(scope="module")
 def flux_base():
@@ -135,12 +117,7 @@ def families(flux_base, sd3_base):
 
 @pytest.fixture(params=FAMILIES)
 def family(request, families):
-    """A family's model (Flux with the shift ModelSamplingFlux sets at 1024 px) and test inputs;
-    strict xfail where XFAILS names this test for it."""
-    expected_failure = XFAILS.get((request.param, request.function.__name__))
-    if expected_failure is not None:
-        reason, raises = expected_failure
-        request.applymarker(pytest.mark.xfail(strict=True, raises=raises, reason=reason))
+    """A family's model (Flux with the shift ModelSamplingFlux sets at 1024 px) and test inputs."""
     return families(request.param)
 
 
@@ -439,15 +416,17 @@ def test_native_size_of_each_family(name):
     assert cutdiffusion_patch.native_size_px(_fake_model(config_class)) == NATIVE_PX[name]
 
 
-@pytest.mark.parametrize("name", ["Flux2", "HunyuanImage21", "ChromaRadiance"])
-def test_latents_not_8x_are_a_clear_error(name):
-    """Flux.2 (16x latent), HunyuanImage 2.1 (32x) and Chroma Radiance (pixel space): the pack
-    counts 8 px per latent px, so patch_size 0 says so instead of cutting wrong-sized patches."""
+@pytest.mark.parametrize("name, native_px, latent_px", [("Flux2", 1024, 16), ("HunyuanImage21", 2048, 32),
+                                                     ("ChromaRadiance", 1024, 1)])
+def test_latents_that_are_not_8x_are_planned_at_their_own_scale(name, native_px, latent_px):
+    """Flux.2 (16 px per latent px), HunyuanImage 2.1 (32) and Chroma Radiance (pixel space): the
+    native size in px and the latent's scale, so the plan cuts native-size patches of each."""
     config_class = getattr(comfy.supported_models, name, None)
     if config_class is None:
         pytest.skip(f"ComfyUI {rt.COMFY_VERSION} has no supported_models.{name}")
-    with pytest.raises(ValueError, match="patch_size"):
-        cutdiffusion_patch.native_size_px(_fake_model(config_class))
+    model = _fake_model(config_class)
+    assert cutdiffusion_patch.native_size_px(model) == native_px
+    assert native_size.latent_px(model) == latent_px
 
 
 def test_unknown_model_is_a_clear_error_naming_patch_size():
@@ -465,18 +444,14 @@ def test_unknown_model_is_a_clear_error_naming_patch_size():
 
 # --------------------------------------------------------------------------- Flux.2: 16 px per latent px
 
-def test_flux2_patch_size_0_is_a_clear_error(families):
-    """Until the plan counts Flux.2's latent scale, patch_size 0 refuses the real model (not only its
-    config class) with an error that names patch_size and the 16 px, before any sampling."""
+def test_flux2_sizes_must_be_whole_latent_pixels(families):
+    """Before any sampling: a patch_size that is a multiple of 8 px but not of Flux.2's 16 px."""
     model = families("flux2").model
-    with pytest.raises(ValueError, match=r"Flux2 model's latent has 16 px per latent pixel.*patch_size"):
+    with pytest.raises(ValueError, match=r"patch_size = 264 must be a multiple of 16 px"):
         run_cut(model, td.empty_flux2_latent(2 * PATCH, 2 * PATCH), steps=2, cfg=1.0, conds=_flux2_conds(),
-                patch_size=0)
+                patch_size=264)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "native_size_px refuses latents that are not 8 px per latent px (ValueError naming patch_size); the "
-    "plan must divide Flux.2's 1024 px by its 16 px per latent px (64 latent px) instead"))
 def test_flux2_patch_size_0_plans_1024_px_as_64_latent_px(families):
     model = families("flux2").model
     with CountingModel(model) as counter:
@@ -517,7 +492,7 @@ def _with_reference(conds, reference):
 
 @pytest.mark.parametrize("name", [
     "flux",   # Flux.1 Kontext's way (the tiny dev model stands in: Kontext is the same transformer)
-    pytest.param("qwen_image", marks=pytest.mark.xfail(strict=True, raises=ValueError, reason=_QWEN_5D)),
+    "qwen_image",   # Qwen-Image-Edit's way
 ])
 def test_reference_latents_reach_every_patch_and_window(families, name):
     """An edit model's reference image (ReferenceLatent: `reference_latents` in the cond) is given
@@ -555,7 +530,7 @@ def test_reference_latents_reach_every_patch_and_window(families, name):
 
 @pytest.mark.parametrize("name", [
     "lumina2",
-    pytest.param("qwen_image", marks=pytest.mark.xfail(strict=True, raises=ValueError, reason=_QWEN_5D)),
+    "qwen_image",
 ])
 def test_text_attention_masks_reach_every_patch_and_window(families, name):
     """A text encoder's attention mask with padding (prompts of different lengths): every patch and
