@@ -58,9 +58,9 @@ def sampler(model_from: tuple[str, int], latent_from: tuple[str, int], x: int, *
              width=400)
 
 
-def decode_and_save(x: int, prefix: str) -> list[N]:
+def decode_and_save(x: int, prefix: str, vae_from: tuple[str, int] = ("ckpt", 2)) -> list[N]:
     return [
-        N("decode", "VAEDecode", (x, 0), {}, {"samples": ("sampler", 0), "vae": ("ckpt", 2)}),
+        N("decode", "VAEDecode", (x, 0), {}, {"samples": ("sampler", 0), "vae": vae_from}),
         N("save", "SaveImage", (x, 120), {"filename_prefix": prefix}, {"images": ("decode", 0)}, width=520),
     ]
 
@@ -92,6 +92,55 @@ def adaptive() -> list[N]:
     return nodes + [N("adaptive", "AdaptiveDiffusion", (360, 700), {}, {"model": ("ckpt", 0)})]
 
 
+# DiT workflows: loaders, model files and sampling as ComfyUI's own templates for these models
+# (flux_dev_full_text_to_image / image_z_image_turbo), at 2048x2048 with the pack's defaults.
+# Both models run with cfg 1 (Flux.1-dev is guidance-distilled, Z-Image Turbo few-step), so the
+# negative is the templates' ConditioningZeroOut: ComfyUI skips the uncond half at cfg 1.
+def dit_txt2img(loaders: list[N], model_from: tuple[str, int], clip_from: tuple[str, int], prompt: str, size: int,
+                sampling: dict, prefix: str, guidance: float | None = None) -> list[N]:
+    nodes = loaders + [
+        N("text", "CLIPTextEncode", (400, 0), {"text": prompt}, {"clip": clip_from}, "Prompt", 400),
+        N("neg", "ConditioningZeroOut", (400, 260), {}, {"conditioning": ("text", 0)}, "Negative (unused at cfg 1)"),
+        N("latent", "EmptySD3LatentImage", (400, 560), {"width": size, "height": size, "batch_size": 1}),
+    ]
+    if guidance is None:
+        pos = ("text", 0)
+    else:
+        nodes.append(N("guidance", "FluxGuidance", (400, 380), {"guidance": guidance}, {"conditioning": ("text", 0)}))
+        pos = ("guidance", 0)
+    return nodes + [
+        N("sampler", "CutDiffusionKSampler", (860, 0), {"seed": 42, **sampling},
+          {"model": model_from, "positive": pos, "negative": ("neg", 0), "latent_image": ("latent", 0)}, width=400),
+    ] + decode_and_save(1300, prefix, vae_from=("vae", 0))
+
+
+def flux_dev() -> list[N]:
+    size = 2048
+    return dit_txt2img([
+        N("unet", "UNETLoader", (0, 0), {"unet_name": "flux1-dev.safetensors"}),
+        N("clip", "DualCLIPLoader", (0, 160), {"clip_name1": "clip_l.safetensors",
+                                              "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"}),
+        N("vae", "VAELoader", (0, 400), {"vae_name": "ae.safetensors"}),
+        # Flux's resolution-dependent shift, set for the target size as ComfyUI's Flux templates do.
+        N("shift", "ModelSamplingFlux", (0, 520), {"width": size, "height": size}, {"model": ("unet", 0)}),
+    ], ("shift", 0), ("clip", 0),
+        "a red fox standing in a snowy birch forest at dawn, soft mist, detailed fur, photo", size,
+        {"steps": 28, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}, "cutdiffusion/flux_2048",
+        guidance=3.5)
+
+
+def z_image_turbo() -> list[N]:
+    return dit_txt2img([
+        N("unet", "UNETLoader", (0, 0), {"unet_name": "z_image_turbo_bf16.safetensors"}),
+        N("clip", "CLIPLoader", (0, 160), {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2"}),
+        N("vae", "VAELoader", (0, 360), {"vae_name": "ae.safetensors"}),
+        N("shift", "ModelSamplingAuraFlow", (0, 480), {"shift": 3.0}, {"model": ("unet", 0)}),
+    ], ("shift", 0), ("clip", 0),
+        "a lighthouse on a rocky coast under a stormy sky, waves breaking, cinematic light, photo", 2048,
+        {"steps": 8, "cfg": 1.0, "sampler_name": "res_multistep", "scheduler": "simple"},
+        "cutdiffusion/z_image_turbo_2048")
+
+
 def demo() -> list[N]:
     from cutdiff_demo.model import NATIVE_SIZE_PX
 
@@ -121,6 +170,8 @@ def catalogue() -> dict:
             4096, 2048, "cutdiffusion/panorama")),
         "cutdiffusion_hires_fix": ("Hires fix to 2048x2048", hires_fix()),
         "cutdiffusion_adaptivediffusion": ("AdaptiveDiffusion + CutDiffusion", adaptive()),
+        "cutdiffusion_flux_2048": ("Flux.1-dev 2048x2048", flux_dev()),
+        "cutdiffusion_zimage_2048": ("Z-Image Turbo 2048x2048", z_image_turbo()),
     }
     import nodes
     if "CutDiffusionDemoModel" in nodes.NODE_CLASS_MAPPINGS:  # the demo nodes land separately

@@ -22,8 +22,19 @@ REQUIRED = {  # the issue's list: name -> node types it must show
     "cutdiffusion_hires_fix": {"CutDiffusionKSampler", "LoadImage", "ImageScale", "VAEEncode"},
     "cutdiffusion_adaptivediffusion": {"CutDiffusionKSampler", "AdaptiveDiffusion"},
     "cutdiffusion_demo_model": {"CutDiffusionKSampler", "CutDiffusionDemoModel", "CutDiffusionDemoDecode"},
+    "cutdiffusion_flux_2048": {"CutDiffusionKSampler", "UNETLoader", "DualCLIPLoader", "FluxGuidance",
+                               "ModelSamplingFlux", "EmptySD3LatentImage"},
+    "cutdiffusion_zimage_2048": {"CutDiffusionKSampler", "UNETLoader", "CLIPLoader", "ModelSamplingAuraFlow",
+                                 "EmptySD3LatentImage"},
 }
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+# The model files the workflows name, by ComfyUI model folder (empty files: only the combo lists matter).
+MODEL_FILES = {
+    "checkpoints": [SDXL_CHECKPOINT],
+    "diffusion_models": ["flux1-dev.safetensors", "z_image_turbo_bf16.safetensors"],
+    "text_encoders": ["clip_l.safetensors", "t5xxl_fp16.safetensors", "qwen_3_4b.safetensors"],
+    "vae": ["ae.safetensors"],
+}
 
 
 def _workflow_names():
@@ -32,14 +43,16 @@ def _workflow_names():
 
 @pytest.fixture(scope="module")
 def runtime():
-    """The pack loaded, plus the files the workflows name (an empty checkpoint, an input image),
+    """The pack loaded, plus the files the workflows name (empty model files, an input image),
     so combo values are checked against real option lists instead of being waived."""
     status = rt.init_nodes()
     assert status["loaded"], status["error"]
     import folder_paths
-    checkpoints = Path(folder_paths.get_folder_paths("checkpoints")[0])
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    (checkpoints / SDXL_CHECKPOINT).touch()
+    for folder, names in MODEL_FILES.items():
+        directory = Path(folder_paths.get_folder_paths(folder)[0])
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (directory / name).touch()
     shutil.copy(Path(rt.COMFY_DIR) / "input" / "example.png", Path(folder_paths.get_input_directory()) / "example.png")
     return status
 
