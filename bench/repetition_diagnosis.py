@@ -1,6 +1,6 @@
 """Why CutDiffusion misses on the demo model (issue 4): where do the extra objects come from?
 
-    .venv/bin/python bench/repetition_diagnosis.py        # 64 images per row, writes its BENCHMARKS.md section
+    .venv/bin/python bench/repetition_diagnosis.py        # 64 images per row, writes its section of docs/benchmark_history.md
 
 Same prompts, seeds and sampler settings as bench/repetition_bench.py, at 4x area (256x256 px),
 CutDiffusion with its defaults and with stage_split 0.8. Everything is measured from the outside:
@@ -392,7 +392,7 @@ def main() -> None:
         "### Conclusions", "", *conclusions])
     print(body)
     if not args.no_write:
-        write_section(HEADING, body)
+        write_section(HEADING, body, REPO / "docs" / "benchmark_history.md")
 
 
 def crop_stats(images) -> dict:
