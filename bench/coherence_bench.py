@@ -63,6 +63,9 @@ class Candidate:
     renoise: float | None = None
     guided_share: float | None = None
     demofusion: bool = False
+    layout: str = "area"              # native-first pass: "area" (native area) or "short side" (short side native)
+    refine: float | None = None       # then a MultiDiffusion pass at this denoise (smooths the guidance's edges)
+    square_twin: str | None = None    # a candidate that is the same run on square targets (its cells are used)
 
 
 PAPER = CutDiffusionConfig()
@@ -81,16 +84,35 @@ CANDIDATES = [
     Candidate("gg 1, shifted, over half of stage 2", GG_SHIFTED, guided_share=0.5),
     Candidate("native-first 0.5 + gg 1, shifted", GG_SHIFTED, renoise=0.5),
     Candidate("native-first 0.7 + gg 1, shifted", GG_SHIFTED, renoise=0.7),
+    Candidate("native-first, short side native, denoise 0.5", PAPER, renoise=0.5, layout="short side",
+              square_twin="native-first, denoise 0.5"),
+    Candidate("native-first, short side native, denoise 0.3", PAPER, renoise=0.3, layout="short side"),
+    Candidate("native-first, short side native, 0.5 + gg 1, shifted, over half", GG_SHIFTED, renoise=0.5,
+              guided_share=0.5, layout="short side"),
+    Candidate("gg 1, shifted + MultiDiffusion refine 0.3", GG_SHIFTED, refine=0.3),
+    Candidate("native-first 0.5 + gg 1, shifted + MultiDiffusion refine 0.3", GG_SHIFTED, renoise=0.5, refine=0.3),
 ]
+MULTIDIFFUSION = CutDiffusionConfig(stage_split=0.0)
 
 
 # -- the images ---------------------------------------------------------------------------------
 
-def layout_size(width: int, height: int, native: int) -> tuple[int, int]:
-    """The native-first pass's size in px: the native area at the target's aspect, in whole latent px
-    (a square target gets the native size; 3:1 on a 128 px model gets 224x72)."""
-    scale = math.sqrt(native * native / (width * height))
+def layout_size(width: int, height: int, native: int, rule: str = "area") -> tuple[int, int]:
+    """The native-first pass's size in px, in whole latent px: "area", the native area at the target's
+    aspect (3:1 on a 128 px model: 224x72); "short side", the short side at native size, never above
+    the target (3:1: the target itself). A square target gets the native size either way."""
+    if rule == "area":
+        scale = math.sqrt(native * native / (width * height))
+    else:
+        scale = min(1.0, native / min(width, height))
     return max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8)
+
+
+def first_pass_cost(width: int, height: int, native: int, rule: str) -> int:
+    """Native-size evaluations one step of the native-first pass is worth: its area in native areas,
+    rounded (the native-area rule's rounding to whole latent px lands within 1% of one)."""
+    lw, lh = layout_size(width, height, native, rule)
+    return max(1, round(lw * lh / (native * native)))
 
 
 def renoise_steps(steps: int, denoise: float) -> int:
@@ -104,10 +126,9 @@ def _sample(model, noise, latent, steps, prompt, args, seed, denoise=1.0):
                                denoise=denoise, disable_pbar=True, seed=seed)
 
 
-def _sample_segments(model_first, model_rest, noise, latent, prompt, args, seed, split_step: int):
+def _sample_segments(model_first, model_rest, noise, latent, prompt, args, seed, split_step: int, sigmas):
     """One schedule in two sampler runs: steps [0, split_step) on model_first, the rest on model_rest."""
-    ms = model_first.get_model_object("model_sampling")
-    sigmas = comfy.samplers.calculate_sigmas(ms, args.scheduler, args.steps).cpu()
+    sigmas = torch.tensor(sigmas)
     sampler = comfy.samplers.sampler_object(args.sampler)
     pos, neg = demo_text.conditioning(prompt), demo_text.conditioning("")
     x = comfy.sample.sample_custom(model_first, noise, args.cfg, sampler, sigmas[:split_step + 1], pos, neg, latent,
@@ -118,6 +139,13 @@ def _sample_segments(model_first, model_rest, noise, latent, prompt, args, seed,
 
 def sample(demo, cand: Candidate, width, height, prompt, seed, batch, args) -> tuple[torch.Tensor, int, RunReport | None]:
     """Latents [B, 4, h, w], the model evaluations per image and CFG half, the pack's last report."""
+    if cand.refine is not None:
+        latent, evals, _ = sample(demo, replace(cand, refine=None), width, height, prompt, seed, batch, args)
+        report = RunReport()
+        steps = renoise_steps(args.steps, cand.refine)
+        out = _sample(apply_cutdiffusion(demo.model, MULTIDIFFUSION, report), comfy.sample.prepare_noise(latent, seed + 2),
+                      latent, steps, prompt, args, seed + 2, cand.refine)
+        return out, evals + (report.stage1_evaluations + report.stage2_evaluations) // batch, report
     if cand.demofusion:
         latents, evals = demofusion.sample(demo, prompt, width, height, seed, batch, args.steps, args.cfg,
                                            args.sampler, args.scheduler)
@@ -129,21 +157,31 @@ def sample(demo, cand: Candidate, width, height, prompt, seed, batch, args) -> t
     report, evals = RunReport(), 0
     if cand.renoise is not None:
         model = apply_cutdiffusion(demo.model, cand.config, report)
-        lw, lh = layout_size(width, height, NATIVE)
+        lw, lh = layout_size(width, height, NATIVE, cand.layout)
         small = torch.zeros(batch, 4, lh // 8, lw // 8)
         small = _sample(demo.model, comfy.sample.prepare_noise(small, seed), small, args.steps, prompt, args, seed)
-        evals += args.steps
+        evals += args.steps * first_pass_cost(width, height, NATIVE, cand.layout)
         latent = F.interpolate(small, size=latent.shape[-2:], mode="bicubic")
         steps = renoise_steps(args.steps, cand.renoise)
-        out = _sample(model, comfy.sample.prepare_noise(latent, seed + 1), latent, steps, prompt, args, seed + 1,
-                      cand.renoise)
+        if cand.guided_share is None:
+            out = _sample(model, comfy.sample.prepare_noise(latent, seed + 1), latent, steps, prompt, args, seed + 1,
+                          cand.renoise)
+        else:
+            ms = demo.model.get_model_object("model_sampling")
+            sigmas = ksampler_sigmas(ms, args.scheduler, steps, cand.renoise)
+            first = RunReport()
+            out = _sample_segments(apply_cutdiffusion(demo.model, cand.config, first),
+                                   apply_cutdiffusion(demo.model, replace(cand.config, global_guidance=0.0), report),
+                                   comfy.sample.prepare_noise(latent, seed + 1), latent, prompt, args, seed + 1,
+                                   guided_steps(cand, width, height, NATIVE, sigmas, ms), sigmas)
+            evals += (first.stage1_evaluations + first.stage2_evaluations) // batch
     elif cand.guided_share is not None:
-        t1 = stage1_steps_here(cand.config, width, height, args)
-        split_step = t1 + round(cand.guided_share * (args.steps - t1))
+        ms = demo.model.get_model_object("model_sampling")
+        sigmas = ksampler_sigmas(ms, args.scheduler, args.steps)
         first = RunReport()
         out = _sample_segments(apply_cutdiffusion(demo.model, cand.config, first),
                                apply_cutdiffusion(demo.model, replace(cand.config, global_guidance=0.0), report),
-                               noise, latent, prompt, args, seed, split_step)
+                               noise, latent, prompt, args, seed, guided_steps(cand, width, height, NATIVE, sigmas, ms))
         evals += (first.stage1_evaluations + first.stage2_evaluations) // batch
     else:
         out = _sample(apply_cutdiffusion(demo.model, cand.config, report), noise, latent, args.steps, prompt, args, seed)
@@ -151,10 +189,10 @@ def sample(demo, cand: Candidate, width, height, prompt, seed, batch, args) -> t
     return out, evals, report
 
 
-def stage1_steps_here(config: CutDiffusionConfig, width: int, height: int, args) -> int:
-    ms = demo_model.get_model_object("model_sampling")
-    sigmas = [float(s) for s in comfy.samplers.calculate_sigmas(ms, args.scheduler, args.steps)]
-    return plan_for(config, width, height, NATIVE, sigmas, ms).stage1_steps
+def guided_steps(cand: Candidate, width: int, height: int, native: int, sigmas, model_sampling) -> int:
+    """Steps of the guided first segment: stage 1 and `guided_share` of stage 2."""
+    t1 = plan_for(cand.config, width, height, native, sigmas, model_sampling).stage1_steps
+    return t1 + round(cand.guided_share * (len(sigmas) - 1 - t1))
 
 
 # -- SDXL-equivalent cost from the plan ---------------------------------------------------------
@@ -187,17 +225,21 @@ def sdxl_evaluations(cand: Candidate, width_px: int, height_px: int, model_sampl
         return demofusion.evaluations(width_px, height_px, SDXL_NATIVE_PX, SDXL_STEPS)
     if cand.config is None:
         return None
+    if cand.refine is not None:
+        sigmas = ksampler_sigmas(model_sampling, "normal", renoise_steps(SDXL_STEPS, cand.refine), cand.refine)
+        return (sdxl_evaluations(replace(cand, refine=None), width_px, height_px, model_sampling)
+                + _evals(MULTIDIFFUSION, width_px, height_px, sigmas, model_sampling))
     full = ksampler_sigmas(model_sampling, "normal", SDXL_STEPS)
+    first = 0
     if cand.renoise is not None:
-        sigmas = ksampler_sigmas(model_sampling, "normal", renoise_steps(SDXL_STEPS, cand.renoise), cand.renoise)
-        return SDXL_STEPS + _evals(cand.config, width_px, height_px, sigmas, model_sampling)
+        full = ksampler_sigmas(model_sampling, "normal", renoise_steps(SDXL_STEPS, cand.renoise), cand.renoise)
+        first = SDXL_STEPS * first_pass_cost(width_px, height_px, SDXL_NATIVE_PX, cand.layout)
     if cand.guided_share is not None:
-        t1 = plan_for(cand.config, width_px, height_px, SDXL_NATIVE_PX, full, model_sampling).stage1_steps
-        k = t1 + round(cand.guided_share * (SDXL_STEPS - t1))
+        k = guided_steps(cand, width_px, height_px, SDXL_NATIVE_PX, full, model_sampling)
         rest = replace(cand.config, global_guidance=0.0)
-        return (_evals(cand.config, width_px, height_px, full[:k + 1], model_sampling)
+        return (first + _evals(cand.config, width_px, height_px, full[:k + 1], model_sampling)
                 + _evals(rest, width_px, height_px, full[k:], model_sampling))
-    return _evals(cand.config, width_px, height_px, full, model_sampling)
+    return first + _evals(cand.config, width_px, height_px, full, model_sampling)
 
 
 def _evals(config, width_px, height_px, sigmas, model_sampling) -> int:
@@ -266,6 +308,12 @@ class Scores:
     seconds: float
 
 
+def cell_key(cand: Candidate, target: str, cells: dict) -> str:
+    own = f"{cand.name}|{target}"
+    width, height = TARGETS[target]
+    return f"{cand.square_twin}|{target}" if own not in cells and cand.square_twin and width == height else own
+
+
 def scores(cell: dict, native: dict) -> Scores:
     s = metrics.summarise_counts(cell["counts"])
     seam = float(np.mean(cell["seams"])) if cell["seams"] else float("nan")
@@ -286,29 +334,33 @@ def _f(value: float, fmt: str) -> str:
     return "—" if value is None or not np.isfinite(value) else format(value, fmt)
 
 
-def render(cells: dict, args, commands: list[str]) -> str:
+def render(cells: dict, args, commands: list[str], note: str = "") -> str:
     native = cells.get("native")
     ms = demo_model.get_model_object("model_sampling")
     md = next(c for c in CANDIDATES if c.name == "MultiDiffusion")
     md_costs = {k: sdxl_evaluations(md, w, h, ms) for k, (w, h) in SDXL_SIZES.items()}
     lines = [f"`bench/coherence_bench.py` on {machine_description()}.", "",
-             "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".", "",
+             "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".", "", *([note, ""] if note else []),
              f"Demo model (native {NATIVE} px), {args.steps} {args.sampler}/{args.scheduler} steps, cfg {args.cfg}, "
-             f"seeds from {args.seed}; each row says its image count (8 prompts; 32 images per cell in the "
-             "exploration, 64 for the finalists). Contrast and texture are relative to native-size samples of the "
+             f"seeds from {args.seed}; each row says its image count (8 prompts; the CPU allowed 16 images per cell for "
+             "the exploration, 8 for DemoFusion at 16x, and 64 / 32 for the two finalists). Contrast and texture are relative to native-size samples of the "
              f"same prompts ({native['images']} images). Evaluations: model images per output image and CFG half on "
              "the demo model as counted in the run; SDXL: the same method's plan at 2048², 4096² and 4096×2048 px, "
              f"{SDXL_STEPS} steps, native 1024 px, stride 512 px (window evaluations; DemoFusion's and the "
-             "native-first pass's views smaller than native count as one). Native-first: a first pass at the "
-             "native area with the target's aspect, latent upscaled bicubically, re-noised by the pack's run with "
-             "that denoise (KSampler semantics, steps scaled by the denoise so the schedule keeps its density). "
-             "\"Over half of stage 2\": guidance decays to 0 over the first half of stage 2's steps (a second "
-             "sampler run without guidance does the rest).", "",
+             "native-first pass's views smaller than native count as one, a native-first pass larger than native as its "
+             "area in native areas). gg: global_guidance. Native-first: a first pass of all steps at the native area "
+             "with the target's aspect (\"short side native\": its short side at native size, never above the "
+             "target), its latent upscaled bicubically, then the pack's run with that denoise (KSampler semantics, "
+             "steps scaled by the denoise so the schedule keeps its density). \"Over half (of stage 2)\": guidance "
+             "decays to 0 over the first half of stage 2's steps (a second sampler run without guidance does the "
+             "rest). \"MultiDiffusion refine 0.3\": the result re-noised and run again at denoise 0.3 with "
+             "stage_split 0. Notes: [docs/coherence_quality_mode.md](docs/coherence_quality_mode.md).", "",
              "| candidate | shape | images | one object | none | mean count | contrast | aspect | seam | texture | "
              "evaluations | time |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = []
     for cand in CANDIDATES:
-        per_shape = {t: scores(cells[f"{cand.name}|{t}"], native) for t in TARGETS if f"{cand.name}|{t}" in cells}
+        keys = {t: cell_key(cand, t, cells) for t in TARGETS}
+        per_shape = {t: scores(cells[k], native) for t, k in keys.items() if k in cells}
         for target, sc in per_shape.items():
             lines.append(f"| {cand.name} | {target} | {sc.images} | {sc.one:.0%} | {sc.none:.0%} | {sc.mean:.2f} | "
                          f"{sc.contrast:.2f} | {sc.aspect:.2f} | {_f(sc.seam, '.2f')} | {_f(sc.texture, '.2f')} | "
@@ -340,8 +392,39 @@ def render(cells: dict, args, commands: list[str]) -> str:
                      f"{_f(worst_seam, '.2f')} | {texture} | {aspects} | {cost} | {verdict} |")
     if winners:
         best = max(winners)
-        lines += ["", f"Winner by the rule: **{best[1]}** (mean one-object rate {best[0]:.0%})."]
+        lines += ["", f"Winner by the rule: **{best[1]}** (mean one-object rate {best[0]:.0%}). Issue 17's targets "
+                  "for it:", ""]
+        by_name = {cand.name: (per_shape, costs) for cand, per_shape, costs in summary}
+        lines += [f"- {text}: {'met' if met else 'missed'} ({detail})"
+                  for text, met, detail in target_checks(by_name[best[1]], by_name["direct inference"][0],
+                                                         by_name["DemoFusion"])]
     return "\n".join(lines)
+
+
+def target_checks(candidate, direct: dict[str, Scores], demofusion) -> list[tuple[str, bool, str]]:
+    """Issue 17's targets for one candidate with all six shapes: (target, met, the figures)."""
+    shapes, costs = candidate
+    df_shapes, df_costs = demofusion
+    square = {"4x area": 0.9, "9x area": 0.75, "16x area": 0.6}
+    wide = ("1:2", "2:1", "3:1")
+    out = [(f"one object at {t} >= {bar:.0%}", shapes[t].one >= bar, f"{shapes[t].one:.0%}") for t, bar in square.items()]
+    out += [(f"one object at {t} >= 90%, aspect in 0.8-1.25", shapes[t].one >= 0.9 and 0.8 <= shapes[t].aspect <= 1.25,
+             f"{shapes[t].one:.0%}, aspect {shapes[t].aspect:.2f}") for t in wide]
+    out.append(("at least 0.2 above direct inference at 4x area and above",
+                all(shapes[t].one >= direct[t].one + 0.2 for t in square if t in direct),
+                ", ".join(f"{t} {shapes[t].one:.0%} vs {direct[t].one:.0%}" for t in square if t in direct)))
+    out.append(("no object <= 5%", all(sc.none <= 0.05 for sc in shapes.values()),
+                f"worst {max(sc.none for sc in shapes.values()):.0%}"))
+    textures = [sc.texture for sc in shapes.values()]
+    out.append(("background texture within 25% of native", all(0.75 <= t <= 1.25 for t in textures),
+                f"{min(textures):.2f}-{max(textures):.2f}"))
+    half = all(costs[k] is not None and 2 * costs[k] <= df_costs[k] for k in SDXL_SIZES)
+    common = [t for t in shapes if t in df_shapes]
+    at_least = all(shapes[t].one >= df_shapes[t].one for t in common)
+    out.append(("at least DemoFusion's rate at no more than half its evaluations", half and at_least,
+                ", ".join(f"{t} {shapes[t].one:.0%} vs {df_shapes[t].one:.0%}" for t in common)
+                + "; SDXL " + ", ".join(f"{costs[k]} vs {df_costs[k]}" for k in SDXL_SIZES)))
+    return out
 
 
 def main() -> None:
@@ -353,6 +436,7 @@ def main() -> None:
     parser.add_argument("--cells", type=Path, default=CELLS, help="where the cells are stored")
     parser.add_argument("--render-only", action="store_true", help="rewrite the section from stored cells")
     parser.add_argument("--command", action="append", default=[], help="command lines to cite in the section")
+    parser.add_argument("--note", default="", help="a paragraph to put under the commands (how the runs were made)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -372,13 +456,13 @@ def main() -> None:
             width, height = TARGETS[target]
             lines = window_borders(None, reference_plan(demo, width, height, args))
             for cand in CANDIDATES:
-                if only and cand.name not in only:
+                if (only and cand.name not in only) or (cand.square_twin and width == height):
                     continue
                 cell = run_cell(demo, cand, width, height, args, lines)
                 store_cell(args.cells, cells, f"{cand.name}|{target}", cell)
                 sc = scores(asdict(cell), cells["native"])
                 print(f"{cand.name} | {target} | {sc}", flush=True)
-    body = render(cells, args, args.command or ["(see bench/coherence_bench.py's docstring)"])
+    body = render(cells, args, args.command or ["(see bench/coherence_bench.py's docstring)"], args.note)
     print(body)
     if not args.no_write:
         write_section(HEADING, body)
