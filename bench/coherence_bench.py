@@ -68,12 +68,12 @@ class Candidate:
     square_twin: str | None = None    # a candidate that is the same run on square targets (its cells are used)
 
 
-PAPER = CutDiffusionConfig()
-GG = CutDiffusionConfig(global_guidance=1.0)
-GG_SHIFTED = CutDiffusionConfig(global_guidance=1.0, stage2_mode="shifted")
+PAPER = CutDiffusionConfig(layout="patches")
+GG = CutDiffusionConfig(layout="patches", global_guidance=1.0)
+GG_SHIFTED = CutDiffusionConfig(layout="patches", global_guidance=1.0, stage2_mode="shifted")
 CANDIDATES = [
     Candidate("direct inference"),
-    Candidate("MultiDiffusion", CutDiffusionConfig(stage_split=0.0)),
+    Candidate("MultiDiffusion", CutDiffusionConfig(layout="patches", stage_split=0.0)),
     Candidate("CutDiffusion, paper defaults", PAPER),
     Candidate("DemoFusion", demofusion=True),
     Candidate("native-first, denoise 0.5", PAPER, renoise=0.5),
@@ -92,7 +92,7 @@ CANDIDATES = [
     Candidate("gg 1, shifted + MultiDiffusion refine 0.3", GG_SHIFTED, refine=0.3),
     Candidate("native-first 0.5 + gg 1, shifted + MultiDiffusion refine 0.3", GG_SHIFTED, renoise=0.5, refine=0.3),
 ]
-MULTIDIFFUSION = CutDiffusionConfig(stage_split=0.0)
+MULTIDIFFUSION = CutDiffusionConfig(layout="patches", stage_split=0.0)
 
 
 # -- the images ---------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ NATIVE = demo_dit.NATIVE_SIZE_PX
 TARGETS = {"4x area": (2 * NATIVE, 2 * NATIVE), "9x area": (3 * NATIVE, 3 * NATIVE)}
 METHODS = {
     "direct inference": None,
-    "MultiDiffusion (stage_split 0)": CutDiffusionConfig(stage_split=0.0),
-    "CutDiffusion (paper defaults)": CutDiffusionConfig(),
-    "CutDiffusion, global_guidance 1": CutDiffusionConfig(global_guidance=1.0),
+    "MultiDiffusion (stage_split 0)": CutDiffusionConfig(layout="patches", stage_split=0.0),
+    "CutDiffusion (paper defaults)": CutDiffusionConfig(layout="patches"),
+    "CutDiffusion, global_guidance 1": CutDiffusionConfig(layout="patches", global_guidance=1.0),
 }
 DEFAULT_CFG = 4.0
 

@@ -156,7 +156,7 @@ class Bench:
         model, report = self.model, None
         if method.cut is not None:
             report = RunReport()
-            config = CutDiffusionConfig(patch_size=self.native_px, window_stride=self.args.stride,
+            config = CutDiffusionConfig(layout="patches", patch_size=self.native_px, window_stride=self.args.stride,
                                         window_batch_size=self.args.window_batch, **method.cut)
             model = apply_cutdiffusion(model, config, report)
         if method.adaptive:

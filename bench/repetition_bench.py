@@ -42,16 +42,16 @@ TARGETS = {"4x area": (2 * NATIVE, 2 * NATIVE), "9x area": (3 * NATIVE, 3 * NATI
            "3:1": (3 * NATIVE, NATIVE)}   # (width, height) px; 16x = 4096 px on SDXL
 METHODS = {
     "direct inference": None,
-    "MultiDiffusion (stage_split 0)": CutDiffusionConfig(stage_split=0.0),
-    "CutDiffusion": CutDiffusionConfig(),
-    "CutDiffusion, no pixel interaction": CutDiffusionConfig(pixel_interaction=False),
+    "MultiDiffusion (stage_split 0)": CutDiffusionConfig(layout="patches", stage_split=0.0),
+    "CutDiffusion": CutDiffusionConfig(layout="patches"),
+    "CutDiffusion, no pixel interaction": CutDiffusionConfig(layout="patches", pixel_interaction=False),
 }
 # Beyond the paper, at every target: stage 2 guided by the stage-1 patches (what the diagnosis pointed to).
-GUIDED = {"CutDiffusion, global_guidance 1": CutDiffusionConfig(global_guidance=1.0)}
+GUIDED = {"CutDiffusion, global_guidance 1": CutDiffusionConfig(layout="patches", global_guidance=1.0)}
 VARIANTS = {
-    "CutDiffusion, shifted stage 2": CutDiffusionConfig(stage2_mode="shifted"),
-    "CutDiffusion, feathered windows": CutDiffusionConfig(window_weights="feathered"),
-    "MultiDiffusion, feathered windows": CutDiffusionConfig(stage_split=0.0, window_weights="feathered"),
+    "CutDiffusion, shifted stage 2": CutDiffusionConfig(layout="patches", stage2_mode="shifted"),
+    "CutDiffusion, feathered windows": CutDiffusionConfig(layout="patches", window_weights="feathered"),
+    "MultiDiffusion, feathered windows": CutDiffusionConfig(layout="patches", stage_split=0.0, window_weights="feathered"),
 }
 SPLITS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
@@ -109,7 +109,7 @@ def run_cell(demo, config, width, height, args, seams_from) -> Cell:
 def reference_plan(demo, width, height, args):
     """A CutDiffusion plan for the size, so every method's seam score looks at the same lines."""
     report = RunReport()
-    sample(demo, CutDiffusionConfig(), width, height, PROMPTS[0], args.seed, 1, args, report)
+    sample(demo, CutDiffusionConfig(layout="patches"), width, height, PROMPTS[0], args.seed, 1, args, report)
     return report.plan
 
 
@@ -166,7 +166,7 @@ def main() -> None:
     plan = reference_plan(demo, width, height, args)
     lines += ["### stage_split sweep, CutDiffusion at 4x area", "", HEADER]
     for split in SPLITS:
-        cell = run_cell(demo, CutDiffusionConfig(stage_split=split), width, height, args, plan)
+        cell = run_cell(demo, CutDiffusionConfig(layout="patches", stage_split=split), width, height, args, plan)
         lines.append(row(f"stage_split {split}", cell, native))
         print(lines[-1], flush=True)
     lines.append("")

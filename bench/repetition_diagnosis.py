@@ -48,9 +48,9 @@ from cutdiff_demo.data import render_batch  # noqa: E402  (the demo model's trai
 
 HEADING = "## Why CutDiffusion misses on the demo model (issue 4)"
 SIZE = 2 * NATIVE   # 4x area
-ROWS = {"CutDiffusion default (stage_split 0.5)": CutDiffusionConfig(),
-        "CutDiffusion, stage_split 0.8": CutDiffusionConfig(stage_split=0.8)}
-STAGE1_ONLY = CutDiffusionConfig(stage_split=1.0)
+ROWS = {"CutDiffusion default (stage_split 0.5)": CutDiffusionConfig(layout="patches"),
+        "CutDiffusion, stage_split 0.8": CutDiffusionConfig(layout="patches", stage_split=0.8)}
+STAGE1_ONLY = CutDiffusionConfig(layout="patches", stage_split=1.0)
 
 
 @dataclass

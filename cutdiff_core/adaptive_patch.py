@@ -77,7 +77,7 @@ class _RunState:
     report: AdaptiveReport
     start_sigma: float
     end_sigma: float
-    stage: int | None = None            # CutDiffusion stage of the last evaluation
+    stage: tuple | None = None          # (CutDiffusion stage, latent shape) of the last evaluation
     frame: torch.Size | None = None     # latent shape of the evaluation in progress
     skipping: bool = False
     call_index: int = 0                 # calc_cond_batch calls at the frame, this evaluation
@@ -171,7 +171,9 @@ class AdaptivePatch:
         run = run_of(model_options, RUN_KEY)
         if run is None:
             return executor(x, timestep, model_options, seed, **kwargs)
-        stage = cutdiffusion_stage(model_options, timestep)
+        # A new CutDiffusion stage, or a new latent size (its native-first layout pass ends):
+        # the trajectory and the cached predictions belong to another denoiser.
+        stage = (cutdiffusion_stage(model_options, timestep), tuple(x.shape))
         if stage != run.stage:
             run.new_denoiser(stage)
         run.count_evaluation()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Sequence
 
+from .layout import LAYOUTS
 from .plan import LATENT_SCALE, STAGE2_MODES, Plan, make_plan
 from .windows import WINDOW_WEIGHTS
 
@@ -14,7 +15,8 @@ MAX_AUTO_WINDOW_BATCH = 16  # the reference's window batch
 
 @dataclass(frozen=True)
 class CutDiffusionConfig:
-    """The patch's settings, as on the CutDiffusion node (sizes in pixels); defaults = the paper."""
+    """The patch's settings, as on the CutDiffusion node (sizes in pixels). Defaults: the paper's,
+    except `layout` (native first: the configuration issue 17's rule selects; "patches" = the paper)."""
     patch_size: int = 0
     window_stride: int = 0
     stage_split: float = 0.5
@@ -25,6 +27,8 @@ class CutDiffusionConfig:
     window_weights: str = "uniform"
     min_stage1_steps: int = 0
     global_guidance: float = 0.0
+    layout: str = "native first"
+    layout_denoise: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Setting:
     step: float | None = None
     options: Sequence[str] | None = None
     advanced: bool = True
+    when_absent: object = None   # the value for prompts saved before the input existed (then optional)
 
     @property
     def default(self):
@@ -84,8 +89,25 @@ SETTINGS: tuple[Setting, ...] = (
                     "whole-image prediction into the windows', with this weight at the split fading to 0 at the "
                     "end. Use it if subjects still repeat or small copies appear around a large one (1 = "
                     "strongest); costs one patch set per stage-2 step."),
+    Setting("layout", options=LAYOUTS, advanced=False, when_absent="patches",
+            tooltip="native first (default, beyond the paper): draw the image at about the model's native size "
+                    "first (its short side native, all steps), upscale it and let CutDiffusion re-run only the "
+                    "last layout_denoise of the steps at the target size - one subject, kept in proportion. "
+                    "patches: the paper's CutDiffusion from noise at the target size. Only text-to-image runs "
+                    "(denoise 1) above native size have a layout pass."),
+    Setting("layout_denoise", bounds=(0.0, 1.0), step=0.05, when_absent=0.3,
+            tooltip="native first only: the part of the schedule re-run at the target size after the native "
+                    "layout is upscaled (like KSampler's denoise for a hires fix). Lower keeps the layout "
+                    "closer; 0.3 measured best on the demo model."),
 )
 SETTING = {s.name: s for s in SETTINGS}
+
+
+def config_from_inputs(inputs: dict) -> CutDiffusionConfig:
+    """The config of a node's inputs; an input a saved prompt predates takes its `when_absent`
+    value (an old workflow keeps what it ran: the paper's layout)."""
+    absent = {s.name: s.when_absent for s in SETTINGS if s.when_absent is not None and s.name not in inputs}
+    return CutDiffusionConfig(**inputs, **absent)
 
 
 def validate_config(config: CutDiffusionConfig) -> None:

@@ -25,11 +25,13 @@ import torch
 import torch.nn.functional as F
 
 import comfy.model_management
+import comfy.sample
 import comfy.utils
 
 from .conditioning import check_conds, pad_image_conds, pad_mask, views_of_image_conds, window_conds
 from .config import (MAX_AUTO_WINDOW_BATCH, CutDiffusionConfig, plan_run, validate_config, validate_for_latent,
                      validate_stride, window_stride_latent)
+from .layout import NativeFirst, is_full_noise, native_first, upscale
 from .native_size import latent_px, native_size_px
 from .patches import unfold_patches
 from .plan import EVALUATIONS_PER_STEP, Window, global_guidance_weight
@@ -80,6 +82,13 @@ def _repeat_timestep(timestep: torch.Tensor, times: int) -> torch.Tensor:
     return timestep.repeat(times) if timestep.ndim == 1 else timestep
 
 
+def _progress(callback, step_of, total: int):
+    """The step callback with this pass's steps mapped onto the whole run's."""
+    if callback is None:
+        return None
+    return lambda step, x0, x, _total: callback(step_of(step), x0, x, total)
+
+
 def _single_frame(latent: torch.Tensor) -> bool:
     """A one-frame video-shaped latent [B, C, 1, H, W] (Qwen-Image): an image to the stages."""
     return latent.ndim == 5 and latent.shape[2] == 1
@@ -105,11 +114,15 @@ class CutDiffusionPatch:
                                             WRAPPERS.PREDICT_NOISE: self.predict_noise,
                                             WRAPPERS.CALC_COND_BATCH: self.calc_cond_batch})
 
-    # -- OUTER_SAMPLE: plan, pad, run, crop -----------------------------------
+    # -- OUTER_SAMPLE: layout, plan, pad, run, crop ---------------------------
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
                      disable_pbar=False, seed=None, **kwargs):
         guider = executor.class_obj
-        run = self._start_run(guider, noise, sigmas, seed)
+        first = self._native_first(guider, noise, sigmas, denoise_mask)
+        if first is not None:
+            noise, latent_image, sigmas, callback = self._layout_pass(
+                executor, first, noise, latent_image, sampler, sigmas, callback, disable_pbar, seed, kwargs)
+        run = self._start_run(guider, noise, sigmas, seed, first)
         if run is None:
             return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
         height, width = noise.shape[-2:]
@@ -124,7 +137,39 @@ class CutDiffusionPatch:
             out = executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
         return out[..., :height, :width]
 
-    def _start_run(self, guider, noise, sigmas, seed) -> RunState | None:
+    def _native_first(self, guider, noise, sigmas, denoise_mask) -> NativeFirst | None:
+        """The layout pass of this run, or None (the paper's layout, img2img, masks, schedule segments)."""
+        if self.config.layout != "native first" or denoise_mask is not None:
+            return None
+        sigma_max = float(guider.model_patcher.get_model_object("model_sampling").sigma_max)
+        if not is_full_noise(sigmas, sigma_max):
+            return None
+        native = self.native_px // self.latent_px
+        return native_first(noise.shape[-2], noise.shape[-1], native, len(sigmas) - 1, self.config.layout_denoise)
+
+    def _layout_pass(self, executor, first: NativeFirst, noise, latent_image, sampler, sigmas, callback,
+                     disable_pbar, seed, kwargs):
+        """Sample the layout at about native size (plain: no run state, so every wrapper passes it
+        through), upscale it, and hand back the target pass: fresh noise, the upscaled latent, the
+        schedule's tail and a progress callback that counts both passes as one run's steps."""
+        guider = executor.class_obj
+        conds = {k: [c.copy() for c in v] for k, v in guider.conds.items()}   # the layout pass sizes its own
+        small = torch.zeros((*noise.shape[:-2], first.height, first.width))
+        small_noise = comfy.sample.prepare_noise(small, int(seed or 0)).to(device=noise.device, dtype=noise.dtype)
+        small_kwargs = dict(kwargs)
+        if small_kwargs.get("latent_shapes") is not None and len(small_kwargs["latent_shapes"]) == 1:
+            small_kwargs["latent_shapes"] = [small_noise.shape]
+        total = len(sigmas) - 1
+        layout = executor(small_noise, torch.zeros_like(small_noise), sampler, sigmas, None,
+                          _progress(callback, lambda i: i * first.refine_from // total, total), disable_pbar, seed,
+                          **small_kwargs)
+        guider.conds = conds
+        latent = upscale(layout, *noise.shape[-2:]).to(latent_image)
+        target_noise = comfy.sample.prepare_noise(torch.zeros(latent.shape), int(seed or 0) + 1).to(noise)
+        tail = sigmas[first.refine_from:]
+        return target_noise, latent, tail, _progress(callback, lambda j: first.refine_from + j, total)
+
+    def _start_run(self, guider, noise, sigmas, seed, first: NativeFirst | None = None) -> RunState | None:
         """Plan this run, or None where it is plain sampling (said in the log and the report)."""
         if getattr(noise, "is_nested", False) or not (noise.ndim == 4 or _single_frame(noise)):
             raise ValueError("CutDiffusion works on image latents [B, C, H, W] (or one frame [B, C, 1, H, W]); "
@@ -141,6 +186,9 @@ class CutDiffusionPatch:
         report = self.report if self.report is not None else RunReport()
         report.plan, report.batch, report.notes = plan, noise.shape[0], []
         report.stage1_evaluations = report.stage2_evaluations = 0
+        report.layout = first
+        if first is not None:
+            report.notes.append(first.summary(self.latent_px))
         # One step from above the split to zero noise cannot be two stages. A one-step
         # segment of a longer schedule (KSamplerAdvanced, SplitSigmas) has its stage.
         if plan.steps == 1 and plan.stage1_steps == 1 and sigma_list[-1] <= 0.0 and 0.0 < cfg.stage_split < 1.0:
@@ -148,7 +196,7 @@ class CutDiffusionPatch:
             report.notes.append("a 1-step run cannot be split into two stages: sampled plainly at the target size")
             log.info("CutDiffusion: %s", report.notes[-1])
             return None
-        if plan.stage1_steps == 0 and cfg.stage_split > 0.0:
+        if plan.stage1_steps == 0 and cfg.stage_split > 0.0 and first is None:
             report.notes.append(f"denoise starts below the stage split (stage_split {cfg.stage_split}): no stage 1, "
                                 "only window refinement; raise denoise or set min_stage1_steps for stage 1")
             log.warning("CutDiffusion: %s", report.notes[-1])
@@ -311,7 +359,6 @@ def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, schedule
     """KSampler's sampling (ComfyUI's noise, preview callback, progress bar) on a given MODEL."""
     import latent_preview  # ComfyUI's top-level module; only there inside a ComfyUI process
 
-    import comfy.sample
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     callback = latent_preview.prepare_callback(model, steps)

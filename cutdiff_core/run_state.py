@@ -23,6 +23,7 @@ class RunReport:
                                   # also those made in stage 2)
     stage2_evaluations: int = 0   # window images through the denoiser (per CFG half)
     stage2_windows_per_step: list[int] = field(default_factory=list)   # the drawn stage-2 schedule
+    layout: object = None         # layout.NativeFirst of a native-first run: its layout pass
     notes: list[str] = field(default_factory=list)
 
     def __deepcopy__(self, memo):

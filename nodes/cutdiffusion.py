@@ -6,7 +6,7 @@ import inspect
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..cutdiff_core.config import SETTINGS, CutDiffusionConfig, Setting
+from ..cutdiff_core.config import SETTINGS, Setting, config_from_inputs
 from ..cutdiff_core.cutdiffusion_patch import RunReport, apply_cutdiffusion, sample
 
 CATEGORY = "sampling/cutdiffusion"
@@ -34,6 +34,8 @@ def _setting_input(setting: Setting):
             extra["step"] = setting.step
     if setting.advanced:
         extra.update(advanced(kind.Input))
+    if setting.when_absent is not None:
+        extra["optional"] = True
     return kind.Input(setting.name, **common, **extra)
 
 
@@ -61,7 +63,7 @@ class CutDiffusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, **settings) -> io.NodeOutput:
-        config = CutDiffusionConfig(**settings)
+        config = config_from_inputs(settings)
         return io.NodeOutput(apply_cutdiffusion(model, config))
 
 
@@ -100,7 +102,7 @@ class CutDiffusionKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 **settings) -> io.NodeOutput:
-        config = CutDiffusionConfig(**settings)
+        config = config_from_inputs(settings)
         report = RunReport()
         patched = apply_cutdiffusion(model, config, report)
         latent = sample(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)

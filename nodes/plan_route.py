@@ -20,6 +20,7 @@ import comfy.samplers
 
 from ..cutdiff_core.config import (SETTINGS, CutDiffusionConfig, Setting, plan_run, validate_config, validate_stride,
                                    window_stride_latent)
+from ..cutdiff_core.layout import native_first
 from ..cutdiff_core.plan import EVALUATIONS_PER_STEP, LATENT_SCALE, window_layout
 from ..cutdiff_demo.model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
 
@@ -113,11 +114,15 @@ def preview_plan(params: dict) -> dict:
         raise PlanRequestError(str(e)) from e
 
     native, stride = native_px // LATENT_SCALE, window_stride_latent(config, native_px)
-    plan = plan_run(config, height=height_px // LATENT_SCALE, width=width_px // LATENT_SCALE, native_px=native_px,
-                    sigmas=preview_sigmas(scheduler, sampler_name, steps, denoise),
+    height, width = height_px // LATENT_SCALE, width_px // LATENT_SCALE
+    sigmas = preview_sigmas(scheduler, sampler_name, steps, denoise)
+    first = (native_first(height, width, native, len(sigmas) - 1, config.layout_denoise)
+             if config.layout == "native first" and denoise > 0.9999 and len(sigmas) >= 3 else None)
+    plan = plan_run(config, height=height, width=width, native_px=native_px,
+                    sigmas=sigmas[first.refine_from:] if first else sigmas,
                     split_sigma=float(_DISCRETE.percent_to_sigma(config.stage_split)))
     grid, layout = plan.grid, plan.layout
-    per_image = plan.model_evaluations(cfg_batches=1)
+    per_image = plan.model_evaluations(cfg_batches=1) + (first.layout_evaluations if first else 0)
     # ComfyUI skips the uncond half when cfg is exactly 1.
     cfg_halves = 1 if cfg == 1.0 else 2
     assumptions = ["stage split on the SD1.5/SDXL noise schedule"]
@@ -136,10 +141,14 @@ def preview_plan(params: dict) -> dict:
                     "rows": len(layout.ys), "cols": len(layout.xs),
                     "jitter_h": layout.jitter_h * px, "jitter_w": layout.jitter_w * px,
                     "rects": [[win.x * px, win.y * px, win.w * px, win.h * px] for win in _drawn_windows(layout)]},
+        "layout": None if first is None else {"w": first.width * px, "h": first.height * px, "steps": first.steps,
+                                              "evaluations": first.layout_evaluations,
+                                              "summary": first.summary(px)},
         "steps": plan.steps, "stage1_steps": plan.stage1_steps, "stage2_steps": plan.stage2_steps,
         "evaluations_per_image": per_image,
         "evaluations_with_cfg": per_image * cfg_halves,
-        "multidiffusion_evaluations": plan.steps * _multidiffusion_windows(plan, native, stride, config.window_jitter),
+        "multidiffusion_evaluations": (len(sigmas) - 1) * _multidiffusion_windows(plan, native, stride,
+                                                                                 config.window_jitter),
         "assumptions": assumptions,
         "summary": plan.summary(),
     }

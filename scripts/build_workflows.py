@@ -53,7 +53,7 @@ def sdxl_front(prompt: str, x0: int = 0) -> list[N]:
 
 
 def sampler(model_from: tuple[str, int], latent_from: tuple[str, int], x: int, **widgets) -> N:
-    return N("sampler", "CutDiffusionKSampler", (x, 0), {"seed": 42, **PAPER_SAMPLING, **widgets},
+    return N("sampler", "CutDiffusionKSampler", (x, 0), {"seed": 42, **PAPER_SAMPLING, "layout": "patches", **widgets},
              {"model": model_from, "positive": ("pos", 0), "negative": ("neg", 0), "latent_image": latent_from},
              width=400)
 
@@ -150,7 +150,7 @@ def demo() -> list[N]:
         N("latent", "EmptyLatentImage", (0, 300), {"width": 4 * NATIVE_SIZE_PX, "height": 2 * NATIVE_SIZE_PX,
                                                    "batch_size": 1}),
         N("sampler", "CutDiffusionKSampler", (360, 0), {"seed": 7, "steps": 12, "cfg": 4.0, "sampler_name": "euler",
-                                                        "scheduler": "normal"},
+                                                        "scheduler": "normal", "layout": "patches"},
           {"model": ("demo", 0), "positive": ("demo", 1), "negative": ("demo", 2), "latent_image": ("latent", 0)},
           width=400),
         N("decode", "CutDiffusionDemoDecode", (800, 0), {}, {"samples": ("sampler", 0)}),

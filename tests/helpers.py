@@ -18,10 +18,11 @@ from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply
 
 def run_cut(model, latent, seed=1, steps=4, cfg=5.0, sampler="euler", scheduler="normal", conds=None, denoise=1.0,
             **config):
-    """CutDiffusion KSampler's code path; returns (samples, report)."""
+    """CutDiffusion KSampler's code path; returns (samples, report). The paper's layout (strided
+    patches from noise) unless `layout` says otherwise: most tests check the paper's algorithm."""
     pos, neg = conds
     report = RunReport()
-    patched = apply_cutdiffusion(model, CutDiffusionConfig(**config), report)
+    patched = apply_cutdiffusion(model, CutDiffusionConfig(**{"layout": "patches", **config}), report)
     with torch.inference_mode():
         out = sample(patched, seed, steps, cfg, sampler, scheduler, pos, neg, latent, denoise)
     return out["samples"].clone(), report

@@ -268,7 +268,7 @@ def wrapper_keys(patched, kind):
 
 @pytest.mark.parametrize("adaptive_first", [True, False])
 def test_wrapper_order_keeps_cutdiffusion_inside(model, adaptive_first):
-    cut = CutDiffusionConfig(patch_size=PX)
+    cut = CutDiffusionConfig(layout="patches", patch_size=PX)
     if adaptive_first:
         patched = apply_cutdiffusion(adaptive(model), cut)
     else:
@@ -292,7 +292,7 @@ def test_cutdiffusion_skips_whole_steps_and_resets_at_the_split(model, conds):
     patched = adaptive(model, report, threshold=0.3, max_skip_steps=3, warmup_steps=2)
     recorder = StepRecorder(model, steps)
     try:
-        got, trace = sample_traced(apply_cutdiffusion(patched, CutDiffusionConfig(patch_size=PX), cut_report), 1,
+        got, trace = sample_traced(apply_cutdiffusion(patched, CutDiffusionConfig(layout="patches", patch_size=PX), cut_report), 1,
                                    steps, 5.0, "dpmpp_2m", "normal", conds, latent)
     finally:
         recorder.close()
@@ -316,6 +316,6 @@ def test_cutdiffusion_skips_whole_steps_and_resets_at_the_split(model, conds):
     assert_skips_reuse_eps(trace, sigmas, [s for s in skipped if s >= t1])
 
     # The other order (CutDiffusion node, then AdaptiveDiffusion, then KSampler) is the same computation.
-    other = adaptive(apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PX)), threshold=0.3, max_skip_steps=3,
+    other = adaptive(apply_cutdiffusion(model, CutDiffusionConfig(layout="patches", patch_size=PX)), threshold=0.3, max_skip_steps=3,
                      warmup_steps=2)
     assert torch.equal(got, rt.ksampler(other, 1, steps, 5.0, "dpmpp_2m", "normal", *conds, latent))

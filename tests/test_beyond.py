@@ -216,7 +216,7 @@ OTHER_PATCHES = {
 
 
 def _cut(m):
-    return cutdiffusion_patch.apply_cutdiffusion(m, cutdiffusion_patch.CutDiffusionConfig(patch_size=PATCH))
+    return cutdiffusion_patch.apply_cutdiffusion(m, cutdiffusion_patch.CutDiffusionConfig(layout="patches", patch_size=PATCH))
 
 
 def _sample(m, conds, latent):

@@ -179,7 +179,7 @@ def test_plan_preview_shows_the_numbers_for_two_settings(page, capsys):
     _set_widget(page, SAMPLER_JS, "steps", 30)
     _set_widget(page, SAMPLER_JS, "scheduler", "karras")
     shown = _shown_plan(page, "scheduler=karras")
-    expected = preview_plan({"width": 3072, "height": 3072, "steps": 30, "scheduler": "karras"})
+    expected = preview_plan({"width": 3072, "height": 3072, "steps": 30, "scheduler": "karras", "layout": "patches"})
     t1, t2 = expected["stage1_steps"], expected["stage2_steps"]
     assert (t1 + t2, t1 != 15) == (30, True)          # a noise-level split, not half the steps
     assert shown["steps"] == f"3072×3072 px · steps: {t1} + {t2}"
@@ -270,7 +270,7 @@ def test_plan_preview_in_both_renderers(page, vue_nodes, capsys):
         page.save_screenshot(str(SHOTS / f"plan_{'nodes_2_0' if vue_nodes else 'classic'}.png"))
 
         expected = preview_plan({"width": size[0], "height": size[1], "steps": 30, "cfg": 7.5,
-                                 "scheduler": "karras", "stage_split": 0.6})
+                                 "scheduler": "karras", "stage_split": 0.6, "layout": "patches"})
         t1, t2, grid, windows = (expected["stage1_steps"], expected["stage2_steps"], expected["grid"],
                                  expected["windows"])
         assert shown["dom_widget"] and shown["visible"], shown

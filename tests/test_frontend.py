@@ -25,7 +25,7 @@ def _pack_nodes() -> dict:
     ((1024, 2048), (1, 2), 3), ((2048, 2048), (2, 2), 9), ((3072, 3072), (3, 3), 25), ((4096, 4096), (4, 4), 49),
 ])
 def test_preview_geometry_matches_the_spec(size, patches, windows):
-    plan = preview_plan({"height": size[0], "width": size[1], "steps": 50})
+    plan = preview_plan({"height": size[0], "width": size[1], "steps": 50, "layout": "patches"})
     assert (plan["grid"]["rows"], plan["grid"]["cols"]) == patches
     assert plan["windows"]["count"] == windows == len(plan["windows"]["rects"])
     assert plan["evaluations_per_image"] == 25 * patches[0] * patches[1] + 25 * windows
@@ -34,11 +34,11 @@ def test_preview_geometry_matches_the_spec(size, patches, windows):
 
 def test_preview_split_is_a_noise_level():
     """Spec 3.5: normal/50 = the paper's 25/25; karras reaches that noise level at a different step."""
-    normal = preview_plan({"width": 2048, "height": 2048, "steps": 50, "scheduler": "normal"})
-    karras = preview_plan({"width": 2048, "height": 2048, "steps": 50, "scheduler": "karras"})
+    normal = preview_plan({"width": 2048, "height": 2048, "steps": 50, "scheduler": "normal", "layout": "patches"})
+    karras = preview_plan({"width": 2048, "height": 2048, "steps": 50, "scheduler": "karras", "layout": "patches"})
     assert (normal["stage1_steps"], normal["stage2_steps"]) == (25, 25)
     assert karras["stage1_steps"] != 25 and karras["stage1_steps"] + karras["stage2_steps"] == 50
-    few = preview_plan({"width": 2048, "height": 2048, "steps": 2, "cfg": 1.0})
+    few = preview_plan({"width": 2048, "height": 2048, "steps": 2, "cfg": 1.0, "layout": "patches"})
     assert (few["stage1_steps"], few["stage2_steps"]) == (1, 1)          # each stage gets a step
     assert few["evaluations_with_cfg"] == few["evaluations_per_image"]   # cfg 1: no uncond pass
 

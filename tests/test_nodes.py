@@ -30,7 +30,7 @@ def _patch_inputs(**overrides):
     values = {"patch_size": PATCH, "window_stride": 0, "stage_split": 0.5, "window_batch_size": 0,
               "window_jitter": True, "pixel_interaction": True, "stage2_mode": "overlap",
               "window_weights": "uniform", "min_stage1_steps": 0,
-              "global_guidance": 0.0}
+              "global_guidance": 0.0, "layout": "patches", "layout_denoise": 0.3}
     values.update(overrides)
     return values
 
@@ -55,7 +55,8 @@ def test_pack_registers_its_nodes_with_tooltips():
 
 
 PATCH_INPUTS = ["patch_size", "window_stride", "stage_split", "window_batch_size", "window_jitter",
-                "pixel_interaction", "stage2_mode", "window_weights", "min_stage1_steps", "global_guidance"]
+                "pixel_interaction", "stage2_mode", "window_weights", "min_stage1_steps", "global_guidance", "layout",
+                "layout_denoise"]
 # Every input in order: saved workflows store widget values by position, so names and order never change.
 INPUT_ORDER = {
     "CutDiffusion": ["model", *PATCH_INPUTS],
@@ -84,8 +85,8 @@ def test_patch_inputs_are_the_configs_settings():
 
 # The expert inputs, hidden by the frontend until "Show advanced inputs" where ComfyUI can mark them.
 ADVANCED = {
-    "CutDiffusion": set(PATCH_INPUTS) - {"stage_split"},
-    "CutDiffusionKSampler": set(PATCH_INPUTS) - {"stage_split"},
+    "CutDiffusion": set(PATCH_INPUTS) - {"stage_split", "layout"},
+    "CutDiffusionKSampler": set(PATCH_INPUTS) - {"stage_split", "layout"},
     "AdaptiveDiffusion": {"warmup_steps", "start_percent", "end_percent"},
 }
 
@@ -176,7 +177,7 @@ def test_bad_input_fails_before_sampling_with_the_field_named():
 def test_previews_get_the_whole_image_in_both_stages():
     model = rt.tiny_sdxl(seed=0)
     pos, neg = rt.tiny_conds(seed=3)
-    patched = cutdiffusion_patch.apply_cutdiffusion(model, cutdiffusion_patch.CutDiffusionConfig(patch_size=PATCH))
+    patched = cutdiffusion_patch.apply_cutdiffusion(model, cutdiffusion_patch.CutDiffusionConfig(layout="patches", patch_size=PATCH))
     latent = torch.zeros(1, 4, 64, 48)
     shapes = []
     with torch.inference_mode():

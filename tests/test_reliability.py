@@ -153,7 +153,7 @@ def _reports_of_segments(model, conds, latent, segments, steps):
     current = latent
     for i, (start, end) in enumerate(segments):
         report = RunReport()
-        patched = apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PATCH), report)
+        patched = apply_cutdiffusion(model, CutDiffusionConfig(layout="patches", patch_size=PATCH), report)
         with torch.inference_mode():
             (current,) = nodes.common_ksampler(patched, 3, steps, 5.0, "euler", "normal", *conds, current,
                                                disable_noise=i > 0, start_step=start, last_step=end,
@@ -191,7 +191,7 @@ def test_split_sigmas_segments_split_like_one_run(model, conds):
 
     def run(sigma_list, start_noise, start_latent):
         report = RunReport()
-        guider = comfy.samplers.CFGGuider(apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PATCH), report))
+        guider = comfy.samplers.CFGGuider(apply_cutdiffusion(model, CutDiffusionConfig(layout="patches", patch_size=PATCH), report))
         guider.set_conds(*conds)
         guider.set_cfg(5.0)
         with torch.inference_mode():
@@ -234,7 +234,7 @@ def test_clones_of_one_patched_model_share_no_run_state(model, conds):
     """Two clones sampled one after the other (as two KSamplers of one graph) give what each gives alone."""
     from cutdiff_core.adaptive_patch import apply_adaptive
     from cutdiff_core.adaptive import AdaptiveConfig
-    patched = apply_adaptive(apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PATCH)), AdaptiveConfig())
+    patched = apply_adaptive(apply_cutdiffusion(model, CutDiffusionConfig(layout="patches", patch_size=PATCH)), AdaptiveConfig())
     before = _options_snapshot(patched)
     small, big = rt.empty_latent(2 * PATCH, PATCH), rt.empty_latent(2 * PATCH, 2 * PATCH)
     alone_a = _sample(patched.clone(), conds, small, seed=1, steps=8)
@@ -249,7 +249,7 @@ def test_clones_of_one_patched_model_share_no_run_state(model, conds):
 
 
 def test_interrupted_run_then_a_normal_one_share_no_state(model, conds):
-    patched = apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PATCH, window_batch_size=1))
+    patched = apply_cutdiffusion(model, CutDiffusionConfig(layout="patches", patch_size=PATCH, window_batch_size=1))
     before = _options_snapshot(patched)
     latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
     expected = _sample(patched.clone(), conds, latent, seed=4, steps=6)
@@ -297,7 +297,8 @@ def _two_sampler_graph(samplers: dict) -> dict:
     """One CutDiffusion-patched MODEL feeding the given KSamplers (id -> (width, seed)), each saved."""
     patch = {"patch_size": PATCH, "window_stride": 0, "stage_split": 0.5, "window_batch_size": 0,
              "window_jitter": True, "pixel_interaction": True, "stage2_mode": "overlap",
-             "window_weights": "uniform", "min_stage1_steps": 0, "global_guidance": 0.0}
+             "window_weights": "uniform", "min_stage1_steps": 0, "global_guidance": 0.0, "layout": "patches",
+             "layout_denoise": 0.3}
     prompt = {
         "model": {"class_type": rt.TINY_MODEL_NODE, "inputs": {"kind": "sdxl", "seed": 0}},
         "conds": {"class_type": rt.TINY_CONDS_NODE, "inputs": {"seed": 3, "batch": 1, "tokens": 8, "sdxl": True}},

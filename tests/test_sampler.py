@@ -277,7 +277,7 @@ def _custom_sample(model, conds, latent, seed, steps, sampler_name, scheduler, c
 
 def test_patch_with_sampler_custom_advanced(model, conds):
     latent = rt.empty_latent(PATCH, PATCH)
-    patched = cutdiffusion_patch.apply_cutdiffusion(model, cutdiffusion_patch.CutDiffusionConfig(patch_size=PATCH))
+    patched = cutdiffusion_patch.apply_cutdiffusion(model, cutdiffusion_patch.CutDiffusionConfig(layout="patches", patch_size=PATCH))
     plain = _custom_sample(model, conds, latent, 4, 5, "dpmpp_2m_sde", "karras", 4.0)
     assert torch.equal(_custom_sample(patched, conds, latent, 4, 5, "dpmpp_2m_sde", "karras", 4.0), plain)
     # At 4x area the custom path and CutDiffusion KSampler's path are the same algorithm.
@@ -301,7 +301,7 @@ def test_input_model_is_not_modified(model, conds):
 
 
 def test_interrupted_run_leaves_models_clean(model, conds):
-    patched = cutdiffusion_patch.apply_cutdiffusion(model, cutdiffusion_patch.CutDiffusionConfig(patch_size=PATCH,
+    patched = cutdiffusion_patch.apply_cutdiffusion(model, cutdiffusion_patch.CutDiffusionConfig(layout="patches", patch_size=PATCH,
                                                                                        window_batch_size=1))
     wrappers = _wrappers(patched)
     latent = rt.empty_latent(2 * PATCH, 2 * PATCH)

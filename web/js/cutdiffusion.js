@@ -29,7 +29,10 @@ const ADAPTIVE_MARGIN = 4;
 const POLL_MS = 400;
 // Widgets of the node that change the plan (all others, e.g. seed, do not).
 const PLAN_WIDGETS = ["steps", "cfg", "sampler_name", "scheduler", "denoise", "patch_size", "window_stride",
-  "stage_split", "window_jitter", "stage2_mode", "min_stage1_steps", "global_guidance"];
+  "stage_split", "window_jitter", "stage2_mode", "min_stage1_steps", "global_guidance", "layout", "layout_denoise"];
+// Nodes whose `layout` input came after workflows were saved without it: such a workflow ran
+// the paper's layout, so it keeps it instead of taking the new default.
+const LAYOUT_NODES = [SAMPLER_NODE, "CutDiffusion"];
 // How far upstream of latent_image to look for a node with width/height widgets
 // (EmptyLatentImage: 1 hop; VAEEncode <- ImageScale: 2 hops).
 const MAX_HOPS = 4;
@@ -260,6 +263,17 @@ app.registerExtension({
     setInterval(pollSamplers, POLL_MS);
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (LAYOUT_NODES.includes(nodeData.name)) {
+      const onConfigure = nodeType.prototype.onConfigure;
+      nodeType.prototype.onConfigure = function (info, ...args) {
+        const result = onConfigure?.apply(this, [info, ...args]);
+        const index = this.widgets?.findIndex((w) => w.name === "layout") ?? -1;
+        if (index >= 0 && Array.isArray(info?.widgets_values) && info.widgets_values.length <= index) {
+          this.widgets[index].value = "patches";
+        }
+        return result;
+      };
+    }
     if (nodeData.name === SAMPLER_NODE) {
       const onNodeCreated = nodeType.prototype.onNodeCreated;
       nodeType.prototype.onNodeCreated = function (...args) {

@@ -92,6 +92,13 @@ export function renderPlan(root, state) {
             (w.jitter_h || w.jitter_w ? `, moved by up to ${Math.max(w.jitter_h, w.jitter_w)} px every step.` : ".")),
     );
     root.appendChild(diagrams);
+    if (plan.layout) {
+      root.appendChild(line("cutdiff-layout",
+        `layout first: ${plan.layout.w}×${plan.layout.h} px, ${plan.layout.steps} steps, then the last ` +
+        `${plan.stage1_steps + plan.stage2_steps} at full size`,
+        "layout native first: the image is drawn at about the model's native size, upscaled, and only the end " +
+        "of the schedule is re-run at the target size (the diagrams show that pass)."));
+    }
     const pad = g.pad_h || g.pad_w ? ` (padded by ${g.pad_w}×${g.pad_h} px)` : "";
     root.appendChild(line("cutdiff-steps",
       `${plan.width}×${plan.height} px${pad} · steps: ${plan.stage1_steps} + ${plan.stage2_steps}`,
