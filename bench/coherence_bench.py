@@ -40,7 +40,8 @@ from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply
 from cutdiff_core.plan import make_plan  # noqa: E402
 from cutdiff_demo import metrics  # noqa: E402
 from cutdiff_demo import model as dm  # noqa: E402
-from repetition_bench import NATIVE, PROMPTS, TARGETS, add_sampling_arguments, reference_plan, window_borders  # noqa: E402
+from repetition_bench import (NATIVE, PROMPTS, TARGETS, add_sampling_arguments, measure_images, reference_plan,
+                              window_borders)  # noqa: E402
 from report import machine_description, write_section  # noqa: E402
 
 HEADING = "## Coherence at every size (issue 17)"
@@ -268,13 +269,7 @@ def run_cell(demo, cand: Candidate, width, height, args, seam_lines) -> Cell:
         with torch.inference_mode():
             latents, cell.evaluations, _ = sample(demo, cand, width, height, prompt, args.seed + k, per_prompt, args)
             images = demo.decoder(latents).numpy()
-        for image in images:
-            cell.counts.append(metrics.count_objects(image))
-            cell.contrasts.append(metrics.object_contrast(image))
-            cell.aspects.append(metrics.object_aspect(image))
-            cell.textures.setdefault(prompt, []).append(metrics.background_texture(image))
-            if rows[1:-1] or cols[1:-1]:
-                cell.seams.append(metrics.seam_score(image, rows, cols))
+        measure_images(cell, images, prompt, rows, cols)
     cell.images = len(cell.counts)
     cell.seconds = time.perf_counter() - start
     return cell

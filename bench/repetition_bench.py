@@ -94,16 +94,21 @@ def run_cell(demo, config, width, height, args, seams_from) -> Cell:
         images = sample(demo, config, width, height, prompt, args.seed + k, per_prompt, args, report)
         if report is not None and report.plan is not None:
             cell.stage1_steps = report.plan.stage1_steps
-        rows, cols = window_borders(report, seams_from)
-        for image in images:
-            cell.counts.append(metrics.count_objects(image))
-            cell.contrasts.append(metrics.object_contrast(image))
-            cell.aspects.append(metrics.object_aspect(image))
-            cell.textures.setdefault(prompt, []).append(metrics.background_texture(image))
-            if rows[1:-1] or cols[1:-1]:
-                cell.seams.append(metrics.seam_score(image, rows, cols))
+        measure_images(cell, images, prompt, *window_borders(report, seams_from))
     cell.seconds = time.perf_counter() - start
     return cell
+
+
+def measure_images(cell, images, prompt: str, rows: list[int], cols: list[int]) -> None:
+    """Add each decoded image's object count, contrast, aspect, background texture and (where
+    there are inner window borders) seam score to the cell."""
+    for image in images:
+        cell.counts.append(metrics.count_objects(image))
+        cell.contrasts.append(metrics.object_contrast(image))
+        cell.aspects.append(metrics.object_aspect(image))
+        cell.textures.setdefault(prompt, []).append(metrics.background_texture(image))
+        if rows[1:-1] or cols[1:-1]:
+            cell.seams.append(metrics.seam_score(image, rows, cols))
 
 
 def reference_plan(demo, width, height, args):
