@@ -107,10 +107,10 @@ def test_expert_inputs_are_advanced_where_comfyui_supports_it():
         assert list(inputs) == order, name
         flagged = {k for k, v in inputs.items() if len(v) > 1 and (v[1] or {}).get("advanced")}
         assert flagged == (ADVANCED[name] if supported else set()), name
-    # The sampler keeps KSampler's widgets (and stage_split) in view: seed (+ its control), steps,
-    # cfg, sampler, scheduler, denoise, stage_split.
+    # The sampler keeps KSampler's widgets, stage_split and layout in view: seed (+ its control),
+    # steps, cfg, sampler, scheduler, denoise, stage_split, layout.
     basic = [w.name for w in uw.widget_specs("CutDiffusionKSampler") if w.name not in ADVANCED["CutDiffusionKSampler"]]
-    assert basic == ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise", "stage_split"]
+    assert basic == ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise", "stage_split", "layout"]
 
 
 def test_cutdiffusion_ksampler_runs_in_the_executor_with_progress():

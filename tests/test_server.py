@@ -46,7 +46,7 @@ def test_web_extension_and_node_docs_are_served(server):
 
 
 def test_plan_route_answers_and_refuses_like_the_node(server):
-    plan = server.get_json("/api/cutdiffusion/plan?width=2048&height=2048&steps=50&scheduler=normal")
+    plan = server.get_json("/api/cutdiffusion/plan?width=2048&height=2048&steps=50&scheduler=normal&layout=patches")
     assert (plan["stage1_steps"], plan["stage2_steps"]) == (25, 25)   # the paper's 25/25 (spec 3.5)
     assert (plan["grid"]["rows"], plan["grid"]["cols"], plan["windows"]["count"]) == (2, 2, 9)
     with pytest.raises(Exception) as refused:
