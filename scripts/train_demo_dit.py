@@ -2,7 +2,18 @@
 
     .venv/bin/python scripts/train_demo_dit.py            # seed 0: the shipped file
 
-Recorded run: (filled in after the run)
+Recorded run, the one that wrote the shipped file (seed 0, all defaults: 11000 steps, batch 24,
+lr 6e-4 with 2% warm-up and cosine decay, EMA 0.998, 1 torch thread): AMD EPYC, 2 cores (the other
+core and part of this one busy with other jobs' tests and benchmarks: 0.19 s per step when
+alone, up to 0.33 s under load), torch 2.14.1, ComfyUI 0.3.75, 2026-11-30. 1.98 M parameters.
+Training took 42.0 min; velocity loss 2.55 at step 0, 0.18 at 2000, 0.20 at 6000, 0.19 at 8000,
+0.15 at 10999 (single batches, noisy; rectified flow's velocity loss keeps the irreducible noise
+part, so it does not go to 0). Native size, 64 seeds over the fixed prompt spread of eval_prompt(),
+20 euler steps, simple scheduler: one object in 98% at cfg 3 (none 0%, mean count 1.02), 97% at
+cfg 4 and 97% at cfg 5 (mean count 1.03). The EMA checkpoint at step 1000 already drew one object
+in 15 of 16 samples (cfg 4). File 3.78 MiB, sha256
+102dd07a47b1b5e612efc5715acc5d60467b55610a212e563b10882960aa2f8a.
+(Timing alone: --time-steps 10 measured 0.215 s per step at batch 24 before the run.)
 
 Model (cutdiff_demo.dit): ComfyUI's own comfy.model_base.Flux with a small supported_models.Flux
 config: the demo's 4 latent channels patchified 2x2 inside the model (16 features per token),
