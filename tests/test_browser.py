@@ -41,7 +41,7 @@ RUN_TIMEOUT_S = 240
 VUE_TIMEOUT_S = 15
 # Expert inputs marked advanced=True (nodes/cutdiffusion.py, nodes/adaptive.py) where ComfyUI's V3
 # inputs take it; the CutDiffusion KSampler then shows these widgets by default.
-SAMPLER_BASIC_WIDGETS = ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise", "stage_split"]
+SAMPLER_BASIC_WIDGETS = ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise", "stage_split", "layout"]
 
 
 @pytest.fixture(scope="module")
