@@ -96,47 +96,54 @@ def native_batch(gen, batch):
     return torch.cat(latents)[:batch], torch.cat(tokens)[:batch]
 
 
-def out_of_place_blocks() -> None:
-    """Let autograd through ComfyUI's Flux blocks, which add their residuals in place (`img += ...`,
-    fine for inference, an error for backward): the same forward source with `a += b` written as
-    `a = a + b`, compiled in comfy.ldm.flux.layers' namespace. Training process only; the shipped
-    model runs ComfyUI's code unchanged (same arithmetic: check_out_of_place_blocks)."""
+def _out_of_place(cls):
+    """A subclass of a ComfyUI Flux block whose forward is the class's own source with `a += b`
+    written as `a = a + b`, compiled in comfy.ldm.flux.layers' namespace. ComfyUI's class is
+    untouched: only the blocks of the model being trained are given the subclass."""
     import inspect
     import re
     import textwrap
     import comfy.ldm.flux.layers as layers
 
-    for cls in (layers.DoubleStreamBlock, layers.SingleStreamBlock):
-        if "_inplace_forward" in cls.__dict__:
-            continue
+    if cls not in _OUT_OF_PLACE:
         source = textwrap.dedent(inspect.getsource(cls.forward))
         source, count = re.subn(r"^(\s*)(\w+) \+= ", r"\1\2 = \2 + ", source, flags=re.M)
         assert count >= 1, f"{cls.__name__}.forward: no in-place residual found"
         namespace = {}
         exec(compile(source, f"<out-of-place {cls.__name__}.forward>", "exec"), vars(layers), namespace)
-        cls._inplace_forward = cls.forward
-        cls.forward = namespace["forward"]
+        _OUT_OF_PLACE[cls] = type(f"OutOfPlace{cls.__name__}", (cls,), {"forward": namespace["forward"]})
+    return _OUT_OF_PLACE[cls]
+
+
+_OUT_OF_PLACE: dict = {}
+
+
+def set_block_forward(dit, out_of_place: bool) -> None:
+    """Let autograd through the model's Flux blocks, which add their residuals in place (`img += ...`,
+    fine for inference, an error for backward): each block instance of this model gets the
+    out-of-place subclass (or its ComfyUI class back). Training process only; the shipped model
+    runs ComfyUI's code unchanged (same arithmetic: check_out_of_place_blocks)."""
+    import comfy.ldm.flux.layers as layers
+
+    for block in dit.diffusion_model.modules():
+        base = next((c for c in (layers.DoubleStreamBlock, layers.SingleStreamBlock) if isinstance(block, c)), None)
+        if base is not None:
+            block.__class__ = _out_of_place(base) if out_of_place else base
 
 
 def check_out_of_place_blocks(dit, text, seed=0) -> float:
     """Largest difference between the rewritten blocks and ComfyUI's own on one batch (should be 0)."""
-    import comfy.ldm.flux.layers as layers
-
     gen = torch.Generator().manual_seed(seed)
     x0, token_ids = native_batch(gen, 4)
     context, pooled = text(token_ids)
     sigma = torch.full((4,), 0.5)
     with torch.no_grad():
-        patched = dit.apply_model(x0, sigma, c_crossattn=context, y=pooled)
-        saved = {cls: cls.forward for cls in (layers.DoubleStreamBlock, layers.SingleStreamBlock)}
-        for cls in saved:
-            cls.forward = cls._inplace_forward
-        try:
-            original = dit.apply_model(x0, sigma, c_crossattn=context, y=pooled)
-        finally:
-            for cls, forward in saved.items():
-                cls.forward = forward
-    return (patched - original).abs().max().item()
+        set_block_forward(dit, out_of_place=True)
+        rewritten = dit.apply_model(x0, sigma, c_crossattn=context, y=pooled)
+        set_block_forward(dit, out_of_place=False)
+        original = dit.apply_model(x0, sigma, c_crossattn=context, y=pooled)
+    set_block_forward(dit, out_of_place=True)
+    return (rewritten - original).abs().max().item()
 
 
 def loss_on_batch(dit, text, gen, batch):
@@ -168,7 +175,6 @@ def train(seed, steps, batch, lr, ema_decay, checkpoint: Path | None, checkpoint
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     dit, text = build_untrained(seed)
-    out_of_place_blocks()
     print(f"rewritten blocks vs ComfyUI's: max difference {check_out_of_place_blocks(dit, text):.3g}", flush=True)
     params = list(dit.diffusion_model.parameters()) + list(text.parameters())
     print(f"{sum(p.numel() for p in params) / 1e6:.2f} M parameters", flush=True)
@@ -259,7 +265,6 @@ def main():
 
     if args.time_steps:
         dit, text = build_untrained(args.seed)
-        out_of_place_blocks()
         print(f"rewritten blocks vs ComfyUI's: max difference {check_out_of_place_blocks(dit, text):.3g}")
         gen = torch.Generator().manual_seed(0)
         optimizer = torch.optim.AdamW(list(dit.diffusion_model.parameters()) + list(text.parameters()), lr=args.lr)
