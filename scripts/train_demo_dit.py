@@ -39,17 +39,12 @@ values) to report how often it draws exactly one object.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
 import torch
 from einops import rearrange, reduce
 
-REPO = Path(__file__).resolve().parents[1]
-import sys  # noqa: E402
-
-sys.path.insert(0, str(REPO))
 from cutdiff_dev import comfy_runtime  # noqa: E402  (the in-process ComfyUI harness; must start before comfy imports)
 
 comfy_runtime.bootstrap()
@@ -61,6 +56,7 @@ from cutdiff_demo import dit as demo_dit  # noqa: E402
 from cutdiff_demo import metrics as demo_metrics  # noqa: E402
 from cutdiff_demo import model as dm  # noqa: E402
 from cutdiff_demo.data import render_batch  # noqa: E402
+from demo_training import train_with_ema  # noqa: E402  (scripts/demo_training.py)
 
 P_DROP_PROMPT = 0.1
 P_DROP_WORD = 0.1
@@ -178,29 +174,13 @@ def train(seed, steps, batch, lr, ema_decay, checkpoint: Path | None, checkpoint
     print(f"rewritten blocks vs ComfyUI's: max difference {check_out_of_place_blocks(dit, text):.3g}", flush=True)
     params = list(dit.diffusion_model.parameters()) + list(text.parameters())
     print(f"{sum(p.numel() for p in params) / 1e6:.2f} M parameters", flush=True)
-    ema = [p.detach().clone() for p in params]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 50)
-    schedule = torch.optim.lr_scheduler.LambdaLR(   # linear warm-up, cosine decay
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    start = time.perf_counter()
-    for step in range(steps):
-        loss = loss_on_batch(dit, text, gen, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():  # EMA, with a short memory early on so it follows the fast start
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - min(ema_decay, (1 + step) / (10 + step)))
-        if step % 100 == 0 or step == steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  {time.perf_counter() - start:6.0f} s", flush=True)
+
+    def save_checkpoint(step, ema):
         if checkpoint is not None and step and step % checkpoint_every == 0:
             write(ema_state(dit, text, ema, params), checkpoint)
-    with torch.no_grad():
-        for p, averaged in zip(params, ema):
-            p.copy_(averaged)
-    return dit, text, time.perf_counter() - start
+    seconds = train_with_ema(params, lambda: loss_on_batch(dit, text, gen, batch), steps, lr, ema_decay,
+                             save_checkpoint)
+    return dit, text, seconds
 
 
 def file_state(dit, text) -> dict:

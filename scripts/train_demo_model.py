@@ -35,8 +35,6 @@ how often it draws exactly one object.
 from __future__ import annotations
 
 import argparse
-import math
-import time
 from pathlib import Path
 
 import torch
@@ -53,6 +51,7 @@ import safetensors.torch  # noqa: E402
 from cutdiff_demo import metrics as demo_metrics  # noqa: E402
 from cutdiff_demo import model as dm  # noqa: E402
 from cutdiff_demo.data import render_batch  # noqa: E402
+from demo_training import train_with_ema  # noqa: E402  (scripts/demo_training.py)
 
 P_DROP_PROMPT = 0.1
 P_DROP_WORD = 0.1
@@ -125,27 +124,8 @@ def train(seed: int, steps: int, batch: int, lr: float, ema_decay: float):
     gen = torch.Generator().manual_seed(seed)
     unet, text = build_unet(), dm.DemoTextEncoder()
     params = list(unet.diffusion_model.parameters()) + list(text.parameters())
-    ema = [p.detach().clone() for p in params]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 50)
-    schedule = torch.optim.lr_scheduler.LambdaLR(   # linear warm-up, cosine decay
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    start = time.perf_counter()
-    for step in range(steps):
-        loss = loss_on_batch(unet, text, gen, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():  # EMA, with a short memory early on so it follows the fast start
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - min(ema_decay, (1 + step) / (10 + step)))
-        if step % 100 == 0 or step == steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  {time.perf_counter() - start:6.0f} s", flush=True)
-    with torch.no_grad():
-        for p, averaged in zip(params, ema):
-            p.copy_(averaged)
-    return unet, text, time.perf_counter() - start
+    seconds = train_with_ema(params, lambda: loss_on_batch(unet, text, gen, batch), steps, lr, ema_decay)
+    return unet, text, seconds
 
 
 def save(unet, text, path: Path) -> None:
