@@ -30,13 +30,11 @@ from pathlib import Path
 
 import comfy.ldm.flux.model
 import comfy.model_base
-import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.supported_models
 import comfy.utils
 
 from . import model as dm
-from .model import DemoDecoder, DemoModel, DemoTextEncoder
+from .model import DemoDecoder, DemoModel
 
 MODEL_PATH = Path(__file__).resolve().parents[1] / "models" / "cutdiffusion_demo_dit.safetensors"
 NATIVE_SIZE_PX = dm.NATIVE_SIZE_PX   # 128 px = a 16 x 16 latent = 8 x 8 tokens
@@ -89,20 +87,5 @@ def load_demo_dit(path: Path = MODEL_PATH) -> DemoModel:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CutDiffusion demo DiT {path} is missing; make it with scripts/train_demo_dit.py")
-    state = comfy.utils.load_torch_file(str(path))
-    text, decoder = DemoTextEncoder(), DemoDecoder()
-    text.load_state_dict(_submodule_state(state, "text."))
-    decoder.load_state_dict(_submodule_state(state, "decoder."))
-
-    dit_state = {key: value for key, value in state.items() if key.startswith("diffusion_model.")}
-    config = model_config(decoder)
-    load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-    dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(dit_state),
-                          supported_dtypes=config.supported_inference_dtypes,
-                          weight_dtype=comfy.utils.weight_dtype(dit_state))
-    config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, config.supported_inference_dtypes))
-    dit = config.get_model(dit_state).to(offload_device)
-    dit.load_model_weights(dit_state, "diffusion_model.")
-    patcher = comfy.model_patcher.ModelPatcher(dit, load_device=load_device, offload_device=offload_device)
-    return DemoModel(patcher, text, decoder)
+    return dm.load_demo_file(comfy.utils.load_torch_file(str(path)), model_config)
 

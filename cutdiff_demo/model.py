@@ -215,22 +215,26 @@ def load_decoder(path: Path = MODEL_PATH) -> DemoDecoder:
 
 
 def load_demo_model(path: Path = MODEL_PATH) -> DemoModel:
-    """Load the shipped file into a ModelPatcher (as comfy.sd.load_diffusion_model_state_dict does:
-    ComfyUI picks the dtype and devices), the text encoder and the decoder."""
-    state = _load_file(path)
+    """Load the shipped file into a ModelPatcher, the text encoder and the decoder."""
+    return load_demo_file(_load_file(path), model_config)
+
+
+def load_demo_file(state: dict, make_config) -> DemoModel:
+    """A demo model's file (diffusion model, text encoder, decoder) as a ModelPatcher the way
+    comfy.sd.load_diffusion_model_state_dict loads one (ComfyUI picks the dtype and devices);
+    `make_config(decoder)` gives the model config."""
     text, decoder = DemoTextEncoder(), DemoDecoder()
     text.load_state_dict(_submodule_state(state, "text."))
     decoder.load_state_dict(_submodule_state(state, "decoder."))
 
-    unet_state = {key: value for key, value in state.items() if key.startswith("diffusion_model.")}
-    config = model_config(decoder)
+    model_state = {key: value for key, value in state.items() if key.startswith("diffusion_model.")}
+    config = make_config(decoder)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-    unet_dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(unet_state),
-                               supported_dtypes=config.supported_inference_dtypes,
-                               weight_dtype=comfy.utils.weight_dtype(unet_state))
-    config.set_inference_dtype(unet_dtype, mm.unet_manual_cast(unet_dtype, load_device,
-                                                               config.supported_inference_dtypes))
-    unet = config.get_model(unet_state).to(offload_device)
-    unet.load_model_weights(unet_state, "diffusion_model.")
-    patcher = comfy.model_patcher.ModelPatcher(unet, load_device=load_device, offload_device=offload_device)
+    dtype = mm.unet_dtype(model_params=comfy.utils.calculate_parameters(model_state),
+                          supported_dtypes=config.supported_inference_dtypes,
+                          weight_dtype=comfy.utils.weight_dtype(model_state))
+    config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, config.supported_inference_dtypes))
+    model = config.get_model(model_state).to(offload_device)
+    model.load_model_weights(model_state, "diffusion_model.")
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
     return DemoModel(patcher, text, decoder)
