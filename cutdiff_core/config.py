@@ -100,7 +100,6 @@ SETTINGS: tuple[Setting, ...] = (
                     "layout is upscaled (like KSampler's denoise for a hires fix). Lower keeps the layout "
                     "closer; 0.3 measured best on the demo model."),
 )
-SETTING = {s.name: s for s in SETTINGS}
 
 
 def config_from_inputs(inputs: dict) -> CutDiffusionConfig:

@@ -30,7 +30,7 @@ def run_holder(guider, key: str, state):
     options = guider.model_options.setdefault("transformer_options", {})
     options[key] = state
     try:
-        yield options
+        yield
     finally:
         options.pop(key, None)
 
