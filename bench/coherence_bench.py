@@ -37,6 +37,9 @@ import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 import demofusion  # noqa: E402
 from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion  # noqa: E402
+from cutdiff_core.config import plan_native_first_pass  # noqa: E402
+from cutdiff_core.layout import native_first, upscale  # noqa: E402
+from cutdiff_core.stages import anchor_to_layout  # noqa: E402
 from cutdiff_core.plan import make_plan  # noqa: E402
 from cutdiff_demo import metrics  # noqa: E402
 from cutdiff_demo import model as dm  # noqa: E402
@@ -67,6 +70,7 @@ class Candidate:
     layout: str = "area"              # native-first pass: "area" (native area) or "short side" (short side native)
     refine: float | None = None       # then a MultiDiffusion pass at this denoise (smooths the guidance's edges)
     square_twin: str | None = None    # a candidate that is the same run on square targets (its cells are used)
+    anchor: bool = False              # native-first: the target pass's coarse structure held to the layout's
 
 
 PAPER = CutDiffusionConfig(layout="patches")
@@ -91,7 +95,13 @@ CANDIDATES = [
     Candidate("native-first, short side native, 0.5 + gg 1, shifted, over half", GG_SHIFTED, renoise=0.5,
               guided_share=0.5, layout="short side"),
     Candidate("gg 1, shifted + MultiDiffusion refine 0.3", GG_SHIFTED, refine=0.3),
-    Candidate("native-first 0.5 + gg 1, shifted + MultiDiffusion refine 0.3", GG_SHIFTED, renoise=0.5, refine=0.3),
+    Candidate("native-first 0.3, shifted", replace(PAPER, stage2_mode="shifted"), renoise=0.3, layout="short side"),
+    Candidate("native-first 0.3, shifted, native area", replace(PAPER, stage2_mode="shifted"), renoise=0.3,
+              square_twin="native-first 0.3, shifted"),
+    Candidate("native-first 0.3, shifted, native area + layout anchor", replace(PAPER, stage2_mode="shifted"),
+              renoise=0.3, anchor=True),
+    Candidate("the pack: native first, layout_guidance 0", CutDiffusionConfig(layout_guidance=0.0)),
+    Candidate("the pack's default: native first, layout_guidance 1", CutDiffusionConfig()),
 ]
 MULTIDIFFUSION = CutDiffusionConfig(layout="patches", stage_split=0.0)
 
@@ -164,6 +174,8 @@ def sample(demo, cand: Candidate, width, height, prompt, seed, batch, args) -> t
         evals += args.steps * first_pass_cost(width, height, NATIVE, cand.layout)
         latent = F.interpolate(small, size=latent.shape[-2:], mode="bicubic")
         steps = renoise_steps(args.steps, cand.renoise)
+        if cand.anchor:
+            model = anchored(model, small)
         if cand.guided_share is None:
             out = _sample(model, comfy.sample.prepare_noise(latent, seed + 1), latent, steps, prompt, args, seed + 1,
                           cand.renoise)
@@ -186,8 +198,25 @@ def sample(demo, cand: Candidate, width, height, prompt, seed, batch, args) -> t
         evals += (first.stage1_evaluations + first.stage2_evaluations) // batch
     else:
         out = _sample(apply_cutdiffusion(demo.model, cand.config, report), noise, latent, args.steps, prompt, args, seed)
+        if report.layout is not None:   # the pack's own native-first layout pass
+            evals += report.layout.layout_evaluations
     evals += (report.stage1_evaluations + report.stage2_evaluations) // batch
     return out, evals, report
+
+
+def anchored(model, layout: torch.Tensor):
+    """A clone whose denoised predictions take the layout's structure at half its size (the pack's
+    layout anchor, cutdiff_core.stages.anchor_to_layout, here on ComfyUI's post-CFG hook)."""
+    height, width = max(1, layout.shape[-2] // 2), max(1, layout.shape[-1] // 2)
+
+    def post_cfg(args):
+        denoised = args["denoised"]
+        return anchor_to_layout([denoised], [True], upscale(layout.to(denoised), *denoised.shape[-2:]),
+                                height, width)[0]
+
+    clone = model.clone()
+    clone.set_model_sampler_post_cfg_function(post_cfg)
+    return clone
 
 
 def guided_steps(cand: Candidate, width: int, height: int, native: int, sigmas, model_sampling) -> int:
@@ -231,6 +260,8 @@ def sdxl_evaluations(cand: Candidate, width_px: int, height_px: int, model_sampl
         return (sdxl_evaluations(replace(cand, refine=None), width_px, height_px, model_sampling)
                 + _evals(MULTIDIFFUSION, width_px, height_px, sigmas, model_sampling))
     full = ksampler_sigmas(model_sampling, "normal", SDXL_STEPS)
+    if cand.config.layout == "native first" and cand.renoise is None:
+        return pack_native_first_evaluations(cand.config, width_px, height_px, full, model_sampling)
     first = 0
     if cand.renoise is not None:
         full = ksampler_sigmas(model_sampling, "normal", renoise_steps(SDXL_STEPS, cand.renoise), cand.renoise)
@@ -241,6 +272,19 @@ def sdxl_evaluations(cand: Candidate, width_px: int, height_px: int, model_sampl
         return (first + _evals(cand.config, width_px, height_px, full[:k + 1], model_sampling)
                 + _evals(rest, width_px, height_px, full[k:], model_sampling))
     return first + _evals(cand.config, width_px, height_px, full, model_sampling)
+
+
+def pack_native_first_evaluations(config: CutDiffusionConfig, width_px: int, height_px: int, sigmas,
+                                  model_sampling) -> int:
+    """The pack's own native-first run on SDXL: its layout pass plus its target pass's plan."""
+    native = SDXL_NATIVE_PX // 8
+    first = native_first(height_px // 8, width_px // 8, native, len(sigmas) - 1, config.layout_denoise)
+    if first.is_whole_run:
+        return first.layout_evaluations
+    split_sigma = float(model_sampling.percent_to_sigma(config.stage_split))
+    _, plan = plan_native_first_pass(config, height=height_px // 8, width=width_px // 8, native_px=SDXL_NATIVE_PX,
+                                     sigmas=sigmas[first.refine_from:], split_sigma=split_sigma)
+    return first.layout_evaluations + plan.model_evaluations(cfg_batches=1)
 
 
 def _evals(config, width_px, height_px, sigmas, model_sampling) -> int:
@@ -338,7 +382,7 @@ def render(cells: dict, args, commands: list[str], note: str = "") -> str:
              "Commands: " + "; ".join(f"`{c}`" for c in commands) + ".", "", *([note, ""] if note else []),
              f"Demo model (native {NATIVE} px), {args.steps} {args.sampler}/{args.scheduler} steps, cfg {args.cfg}, "
              f"seeds from {args.seed}; each row says its image count (8 prompts; the CPU allowed 16 images per cell for "
-             "the exploration, 8 for DemoFusion at 16x, and 64 / 32 for the two finalists). Contrast and texture are relative to native-size samples of the "
+             "the exploration, 8 for DemoFusion at 16x, 32 or 64 for finalists). Contrast and texture are relative to native-size samples of the "
              f"same prompts ({native['images']} images). Evaluations: model images per output image and CFG half on "
              "the demo model as counted in the run; SDXL: the same method's plan at 2048², 4096² and 4096×2048 px, "
              f"{SDXL_STEPS} steps, native 1024 px, stride 512 px (window evaluations; DemoFusion's and the "
@@ -349,7 +393,13 @@ def render(cells: dict, args, commands: list[str], note: str = "") -> str:
              "steps scaled by the denoise so the schedule keeps its density). \"Over half (of stage 2)\": guidance "
              "decays to 0 over the first half of stage 2's steps (a second sampler run without guidance does the "
              "rest). \"MultiDiffusion refine 0.3\": the result re-noised and run again at denoise 0.3 with "
-             "stage_split 0. Notes: [docs/coherence_quality_mode.md](docs/coherence_quality_mode.md).", "",
+             "stage_split 0. \"shifted\": stage 2 in shifted tiles (stage2_mode shifted). \"Layout anchor\": every "
+             "denoised prediction of the target pass takes the upscaled layout's structure at half the layout's "
+             "size (here on ComfyUI's post-CFG hook). \"The pack\": the CutDiffusion patch's own native first "
+             "(layout pass at the native area, shifted tiles with the layout anchor, layout_guidance: the "
+             "stage-1 patches' block means guiding where the patch grid is square); a row of bench compositions "
+             "and the pack's run of the same idea differ in their random draws (noise of the tiles' shifts). "
+             "Notes: [docs/coherence_quality_mode.md](docs/coherence_quality_mode.md).", "",
              "| candidate | shape | images | one object | none | mean count | contrast | aspect | seam | texture | "
              "evaluations | time |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = []

@@ -4,13 +4,9 @@
 
 Rows: 4x area (256² px) and 16x area (512² px) on the demo model (native 128 px). Columns: direct
 inference, MultiDiffusion, DemoFusion, CutDiffusion with the paper's settings (layout 'patches') and
-CutDiffusion's new default (CutDiffusionConfig(): the native-first layout pass inside the pack).
-The first four are sampled exactly as bench/coherence_bench.py samples its candidates (its
-`sample`); the new default goes through the pack as a node would run it (apply_cutdiffusion and
-comfy.sample.sample at denoise 1), and is checked against the bench's candidate "native-first,
-short side native, denoise 0.3" on the same seed (they differ only in stage 2's window jitter,
-drawn from the run's seed: the seed in the pack, seed + 1 in the bench's second sampler call; with
-window_jitter off both are compared again). Each tile is labelled with its method, its model
+CutDiffusion's default (CutDiffusionConfig(): native first inside the pack, as a node runs it).
+All are sampled exactly as bench/coherence_bench.py samples its candidates (its `sample`). Each
+tile is labelled with its method, its model
 evaluations per image and CFG half in native-size equivalents (as coherence_bench counts them;
 direct inference: its full-size ones) and its object count (cutdiff_demo.metrics.count_objects).
 Full RGB: the tiles shrink until the PNG fits --max-kb (a palette would flatten the background
@@ -23,7 +19,6 @@ import argparse
 import shlex
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,8 +27,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-import comfy.sample  # noqa: E402
-from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion  # noqa: E402
 from cutdiff_demo import metrics  # noqa: E402
 from cutdiff_demo import model as dm  # noqa: E402
 from repetition_bench import NATIVE, TARGETS, add_sampling_arguments  # noqa: E402
@@ -42,27 +35,13 @@ from report import machine_description  # noqa: E402
 OUT = REPO / "docs" / "coherence_comparison.png"
 ROWS = ("4x area", "16x area")
 BENCH = {c.name: c for c in cb.CANDIDATES}
-COLUMNS = {   # label: the bench candidate (None: the pack's default through the pack)
+COLUMNS = {   # label: the bench candidate
     "direct inference": BENCH["direct inference"],
     "MultiDiffusion": BENCH["MultiDiffusion"],
     "DemoFusion": BENCH["DemoFusion"],
     "CutDiffusion (paper)": BENCH["CutDiffusion, paper defaults"],
-    "CutDiffusion (new default)": None,
+    "CutDiffusion (default)": BENCH["the pack's default: native first, layout_guidance 1"],
 }
-TWIN = BENCH["native-first, short side native, denoise 0.3"]
-
-
-def pack_default(demo, width, height, prompt, seed, args, config=None) -> tuple[torch.Tensor, int, RunReport]:
-    """The pack's default config (or `config`) as a node runs it: latents, evaluations per image
-    (layout pass included, native-size equivalents) and the run's report."""
-    report = RunReport()
-    model = apply_cutdiffusion(demo.model, config or CutDiffusionConfig(), report)
-    latent = torch.zeros(1, 4, height // 8, width // 8)
-    out = comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), args.steps, args.cfg, args.sampler,
-                              args.scheduler, demo.text.conditioning(prompt), demo.text.conditioning(""), latent,
-                              denoise=1.0, disable_pbar=True, seed=seed)
-    layout = report.layout.layout_evaluations if report.layout is not None else 0
-    return out, layout + (report.stage1_evaluations + report.stage2_evaluations) // report.batch, report
 
 
 def to_image(demo, latents: torch.Tensor) -> tuple[Image.Image, int]:
@@ -127,31 +106,11 @@ def main() -> None:
         for label, cand in COLUMNS.items():
             start = time.perf_counter()
             with torch.inference_mode():
-                if cand is None:
-                    latents, evals, report = pack_default(demo, width, height, args.prompt, args.seed, args)
-                    twin, twin_evals, _ = cb.sample(demo, TWIN, width, height, args.prompt, args.seed, 1, args)
-                    diff = float((latents - twin).abs().max())
-                    twin_count = metrics.count_objects(demo.decoder(twin).numpy()[0])
-                    # The one difference: stage 2's window jitter is drawn from the run's seed, which is the
-                    # seed in the pack and seed + 1 in the bench's second sampler call. Without jitter:
-                    still, _, _ = pack_default(demo, width, height, args.prompt, args.seed, args,
-                                               CutDiffusionConfig(window_jitter=False))
-                    still_twin, _, _ = cb.sample(demo, replace(TWIN, config=replace(TWIN.config, window_jitter=False)),
-                                                 width, height, args.prompt, args.seed, 1, args)
-                    still_diff = float((still - still_twin).abs().max())
-                    pixels = float((demo.decoder(latents) - demo.decoder(twin)).abs().mean())
-                else:
-                    latents, evals, _ = cb.sample(demo, cand, width, height, args.prompt, args.seed, 1, args)
+                latents, evals, _ = cb.sample(demo, cand, width, height, args.prompt, args.seed, 1, args)
                 image, count = to_image(demo, latents)
             tiles[row, label] = (image, evals, count)
             print(f"{row} | {label} | {count} object(s) | {evals} evaluations | {time.perf_counter() - start:.0f} s",
                   flush=True)
-            if cand is None:
-                print(f"  vs bench '{TWIN.name}' on the same seed: max |latent difference| {diff:.2e} "
-                      f"(latent std {float(latents.std()):.2f}), mean |pixel difference| {pixels:.4f} (of 1); "
-                      f"its evaluations {twin_evals}, its count {twin_count}; with window_jitter off on both: "
-                      f"max |latent difference| {still_diff:.2e}", flush=True)
-                print(f"  pack: {report.summary()}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tile = args.tile
     while True:   # full RGB (a palette would flatten the background grain the bench measures as texture)
@@ -166,7 +125,7 @@ def main() -> None:
     print("bench one-object rates (bench/results/coherence_cells.json):")
     for row in ROWS:
         for label, cand in COLUMNS.items():
-            name = (cand or TWIN).name
+            name = cand.name
             cell = cells.get(f"{name}|{row}")
             rate = (f"{metrics.summarise_counts(cell['counts']).one:.0%} of {cell['images']} images, "
                     f"{cell['evaluations']} evaluations") if cell else "not in the stored cells"

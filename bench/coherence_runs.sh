@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The runs behind BENCHMARKS.md's "Coherence at every size (issue 17)" section, in the order they were made
-# (about 75 minutes on 2 CPU cores with one torch thread). CPU limits: the exploration at 16 images per cell
+# (about 110 minutes on 2 CPU cores with one torch thread). CPU limits: the exploration at 16 images per cell
 # (DemoFusion at 16x area: 8), the rule's winner at 64 and the runner-up at 32; a cell with more images
 # replaces one with fewer in bench/results/coherence_cells.json. MultiDiffusion is left out at 9x and 16x
 # area (0% one object at 4x and everywhere else it ran). Set PYTHONPATH to run against another copy of
@@ -17,4 +17,10 @@ run --seeds 16 --only "native-first, short side native, denoise 0.3;native-first
 run --seeds 16 --only "gg 1, shifted + MultiDiffusion refine 0.3;native-first 0.5 + gg 1, shifted + MultiDiffusion refine 0.3"
 run --seeds 64 --only "native-first, short side native, denoise 0.3"
 run --seeds 32 --only "native-first 0.5 + gg 1, shifted + MultiDiffusion refine 0.3"
+# Next round: shifted tiles, the native-area layout, the layout anchor, the pack's own native first.
+run --seeds 16 --targets "4x area;9x area;16x area" --only "native-first 0.3, shifted"
+run --seeds 64 --targets "1:2;2:1;3:1" --only "native-first 0.3, shifted;native-first 0.3, shifted, native area"
+run --seeds 32 --targets "1:2;2:1;3:1" --only "native-first 0.3, shifted, native area + layout anchor"
+run --seeds 64 --only "the pack: native first, layout_guidance 0;the pack's default: native first, layout_guidance 1"
+run --seeds 64 --only "direct inference"
 .venv/bin/python bench/coherence_bench.py --render-only --command "bash bench/coherence_runs.sh" "$@"

@@ -37,7 +37,7 @@ METHODS = {
     "MultiDiffusion (stage_split 0)": CutDiffusionConfig(layout="patches", stage_split=0.0),
     "CutDiffusion (paper defaults)": CutDiffusionConfig(layout="patches"),
     "CutDiffusion, global_guidance 1": CutDiffusionConfig(layout="patches", global_guidance=1.0),
-    "CutDiffusion, the pack's default (native first)": CutDiffusionConfig(),
+    "CutDiffusion, the pack's default (native first, layout guidance)": CutDiffusionConfig(),
 }
 DEFAULT_CFG = 3.0
 

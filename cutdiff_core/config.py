@@ -3,7 +3,7 @@ validation, and the plan a run of them makes. Pure Python; the nodes and the pla
 build their inputs and checks from SETTINGS."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 from .layout import LAYOUTS
@@ -29,6 +29,7 @@ class CutDiffusionConfig:
     global_guidance: float = 0.0
     layout: str = "native first"
     layout_denoise: float = 0.3
+    layout_guidance: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stage2_mode", options=STAGE2_MODES,
             tooltip="overlap: the paper's overlapping MultiDiffusion windows. shifted: windows that tile the "
                     "image without overlap, moved by a random offset every step so seams never stay in one "
-                    "place - about as many model calls per step as stage-1 patches (faster)."),
+                    "place - about as many model calls per step as stage-1 patches (faster). Native first's target "
+                    "pass always uses shifted."),
     Setting("window_weights", options=WINDOW_WEIGHTS,
             tooltip="How overlapping stage-2 windows are blended. uniform: plain average (MultiDiffusion). "
                     "feathered: weights fade towards window borders, a smooth cross-fade (use it if you see "
@@ -88,17 +90,25 @@ SETTINGS: tuple[Setting, ...] = (
             tooltip="Beyond the paper, off (0) by default. Stage 2 also runs the stage-1 patches and mixes their "
                     "whole-image prediction into the windows', with this weight at the split fading to 0 at the "
                     "end. Use it if subjects still repeat or small copies appear around a large one (1 = "
-                    "strongest); costs one patch set per stage-2 step."),
+                    "strongest); costs one patch set per stage-2 step. For layout patches and img2img; native first "
+                    "has layout_guidance."),
     Setting("layout", options=LAYOUTS, advanced=False, when_absent="patches",
-            tooltip="native first (default, beyond the paper): draw the image at about the model's native size "
-                    "first (its short side native, all steps), upscale it and let CutDiffusion re-run only the "
-                    "last layout_denoise of the steps at the target size - one subject, kept in proportion. "
-                    "patches: the paper's CutDiffusion from noise at the target size. Only text-to-image runs "
-                    "(denoise 1) above native size have a layout pass."),
+            tooltip="native first (default, beyond the paper): draw the image at the model's native area first "
+                    "(the target's aspect, all steps), upscale it and re-run only the last layout_denoise of the "
+                    "steps at the target size in shifted tiles held to that layout - one subject, kept in "
+                    "proportion; a target within the native area is sampled directly. patches: the paper's "
+                    "CutDiffusion from noise at the target size. Only text-to-image runs (denoise 1) above "
+                    "native size have a layout pass."),
     Setting("layout_denoise", bounds=(0.0, 1.0), step=0.05, when_absent=0.3,
             tooltip="native first only: the part of the schedule re-run at the target size after the native "
                     "layout is upscaled (like KSampler's denoise for a hires fix). Lower keeps the layout "
                     "closer; 0.3 measured best on the demo model."),
+    Setting("layout_guidance", bounds=(0.0, 1.0), step=0.05, when_absent=1.0,
+            tooltip="native first only: how strongly the stage-1 patches (each a view of the whole image) hold "
+                    "the layout while the target size is re-run: their coarse prediction replaces the tiles' "
+                    "where a tile would start a new small subject; edges and texture stay the tiles' own. Fades "
+                    "to 0 by the end; costs one patch set per step; applies where the patch grid is square. "
+                    "0 = off."),
 )
 
 
@@ -146,6 +156,19 @@ def validate_for_latent(config: CutDiffusionConfig, latent_px: int) -> None:
 def window_stride_latent(config: CutDiffusionConfig, native_px: int, latent_px: int = LATENT_SCALE) -> int:
     """The stage-2 window stride in latent px (window_stride 0 = half the native size)."""
     return max(1, (config.window_stride or native_px // 2) // latent_px)
+
+
+def plan_native_first_pass(config: CutDiffusionConfig, **plan_args) -> tuple[CutDiffusionConfig, Plan]:
+    """The settings and plan of a native-first run's target pass: shifted tiles (overlapping
+    windows average their textures smooth) with the patches' coarse guidance at `layout_guidance`,
+    except on a non-square patch grid, whose strided views see the subject squashed and stretch
+    it back (the coherence table's `gg 1` rows at 1:2 / 2:1 / 3:1)."""
+    settings = replace(config, stage2_mode="shifted", global_guidance=config.layout_guidance)
+    plan = plan_run(settings, **plan_args)
+    if plan.global_guidance and plan.grid.rows != plan.grid.cols:
+        settings = replace(settings, global_guidance=0.0)
+        plan = plan_run(settings, **plan_args)
+    return settings, plan
 
 
 def plan_run(config: CutDiffusionConfig, *, height: int, width: int, native_px: int, sigmas: Sequence[float],

@@ -29,14 +29,14 @@ import comfy.sample
 import comfy.utils
 
 from .conditioning import check_conds, pad_image_conds, pad_mask, views_of_image_conds, window_conds
-from .config import (MAX_AUTO_WINDOW_BATCH, CutDiffusionConfig, plan_run, validate_config, validate_for_latent,
-                     validate_stride, window_stride_latent)
+from .config import (MAX_AUTO_WINDOW_BATCH, CutDiffusionConfig, plan_native_first_pass, plan_run, validate_config,
+                     validate_for_latent, validate_stride, window_stride_latent)
 from .layout import NativeFirst, is_full_noise, native_first, upscale
 from .native_size import latent_px, native_size_px
 from .patches import unfold_patches
 from .plan import EVALUATIONS_PER_STEP, Window, global_guidance_weight
 from .run_state import RunReport, RunState
-from .stages import guide_by_patches, stage1_denoise, stage2_denoise
+from .stages import anchor_to_layout, guide_by_patches, guide_low_frequencies, stage1_denoise, stage2_denoise
 from .windows import make_weights
 from .wrapping import WRAPPERS, install, run_holder, run_of, watch_step_callback
 
@@ -119,6 +119,9 @@ class CutDiffusionPatch:
                      disable_pbar=False, seed=None, **kwargs):
         guider = executor.class_obj
         first = self._native_first(guider, noise, sigmas, denoise_mask)
+        if first is not None and first.is_whole_run:
+            self._report_plain(first.summary(self.latent_px), first)
+            return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
         if first is not None:
             noise, latent_image, sigmas, callback = self._layout_pass(
                 executor, first, noise, latent_image, sampler, sigmas, callback, disable_pbar, seed, kwargs)
@@ -132,6 +135,10 @@ class CutDiffusionPatch:
             pad_image_conds(guider.conds, height, width, (0, plan.pad_w, 0, plan.pad_h), self.latent_px)
             if kwargs.get("latent_shapes") is not None and len(kwargs["latent_shapes"]) == 1:
                 kwargs["latent_shapes"] = [noise.shape]
+        if first is not None:   # the layout in the space the model's predictions are in
+            anchor = guider.model_patcher.model.process_latent_in(latent_image)
+            run.layout_anchor = anchor[:, :, 0] if _single_frame(anchor) else anchor
+            run.anchor_size = (max(1, first.height // 2), max(1, first.width // 2))
         run.draw_stage2_schedule()
         with run_holder(guider, RUN_KEY, run):
             out = executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
@@ -169,6 +176,12 @@ class CutDiffusionPatch:
         tail = sigmas[first.refine_from:]
         return target_noise, latent, tail, _progress(callback, lambda j: first.refine_from + j, total)
 
+    def _report_plain(self, note: str, first: NativeFirst) -> None:
+        log.info("CutDiffusion: %s", note)
+        if self.report is not None:
+            self.report.plan, self.report.notes, self.report.layout = None, [note], first
+            self.report.stage1_evaluations = self.report.stage2_evaluations = 0
+
     def _start_run(self, guider, noise, sigmas, seed, first: NativeFirst | None = None) -> RunState | None:
         """Plan this run, or None where it is plain sampling (said in the log and the report)."""
         if getattr(noise, "is_nested", False) or not (noise.ndim == 4 or _single_frame(noise)):
@@ -177,12 +190,15 @@ class CutDiffusionPatch:
                              f"{'nested' if getattr(noise, 'is_nested', False) else tuple(noise.shape)}")
         check_conds(guider.conds)
         _check_other_patches(guider.model_options)
-        cfg = self.config
         model_sampling = guider.model_patcher.get_model_object("model_sampling")
         sigma_list = [float(s) for s in sigmas]
-        plan = plan_run(cfg, height=noise.shape[-2], width=noise.shape[-1], native_px=self.native_px,
-                        latent_px=self.latent_px, sigmas=sigma_list,
-                        split_sigma=float(model_sampling.percent_to_sigma(cfg.stage_split)))
+        plan_args = dict(height=noise.shape[-2], width=noise.shape[-1], native_px=self.native_px,
+                         latent_px=self.latent_px, sigmas=sigma_list,
+                         split_sigma=float(model_sampling.percent_to_sigma(self.config.stage_split)))
+        if first is None:
+            cfg, plan = self.config, plan_run(self.config, **plan_args)
+        else:
+            cfg, plan = plan_native_first_pass(self.config, **plan_args)
         report = self.report if self.report is not None else RunReport()
         report.plan, report.batch, report.notes = plan, noise.shape[0], []
         report.stage1_evaluations = report.stage2_evaluations = 0
@@ -201,7 +217,8 @@ class CutDiffusionPatch:
                                 "only window refinement; raise denoise or set min_stage1_steps for stage 1")
             log.warning("CutDiffusion: %s", report.notes[-1])
         log.info("CutDiffusion: %s", plan.summary())
-        run = RunState(plan, int(seed or 0), report, sigma_list)
+        run = RunState(plan, int(seed or 0), report, sigma_list, guidance=cfg.global_guidance,
+                       guide_coarse_only=first is not None)
         stride = window_stride_latent(cfg, self.native_px, self.latent_px)
         run.window_weights = make_weights(cfg.window_weights, plan.layout.win_h - stride, plan.layout.win_w - stride)
         return run
@@ -249,10 +266,14 @@ class CutDiffusionPatch:
         run = run_of(model_options, RUN_KEY)
         if run is None or run.eval_step is None:
             return executor(model, conds, x_in, timestep, model_options)
-        if _single_frame(x_in):  # the stages cut images; the model gets its frame axis back per call
-            call = _ModelCall(self, run, executor, model, conds, timestep, model_options, frames=True)
-            return [p.unsqueeze(2) for p in self._stages(run, call, x_in[:, :, 0])]
-        return self._stages(run, _ModelCall(self, run, executor, model, conds, timestep, model_options), x_in)
+        frames = _single_frame(x_in)   # the stages cut images; the model gets its frame axis back per call
+        call = _ModelCall(self, run, executor, model, conds, timestep, model_options, frames=frames)
+        x = x_in[:, :, 0] if frames else x_in
+        predictions = self._stages(run, call, x)
+        if run.layout_anchor is not None:
+            run.layout_anchor = run.layout_anchor.to(x)   # moved once: a no-op from the second call on
+            predictions = anchor_to_layout(predictions, call.slots, run.layout_anchor, *run.anchor_size)
+        return [p.unsqueeze(2) for p in predictions] if frames else predictions
 
     def _stages(self, run: RunState, call: "_ModelCall", x_in: torch.Tensor) -> list[torch.Tensor]:
         if run.in_stage1(run.eval_step):
@@ -270,9 +291,13 @@ class CutDiffusionPatch:
                                      windows_per_call=windows_per_call, weights=run.window_weights,
                                      tiles=tiles if tiled else None, buffers=run.blend_buffers_for)
         if run.plan.global_guidance:
-            weight = global_guidance_weight(self.config.global_guidance, run.eval_step - run.plan.stage1_steps,
+            weight = global_guidance_weight(run.guidance, run.eval_step - run.plan.stage1_steps,
                                             run.plan.stage2_steps)
-            predictions = guide_by_patches(predictions, call.stage1(x_in), weight)
+            if run.guide_coarse_only:
+                grid = run.plan.grid
+                predictions = guide_low_frequencies(predictions, call.stage1(x_in), weight, grid.rows, grid.cols)
+            else:
+                predictions = guide_by_patches(predictions, call.stage1(x_in), weight)
         return predictions
 
     def _window_batch(self, run: RunState, model, x_in, window: Window, cond_halves: int) -> int:

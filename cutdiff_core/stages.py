@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .patches import fold_patches, permute_patches, unfold_patches, unpermute_patches
 from .plan import PatchGrid, StepWindows
@@ -81,6 +82,34 @@ def guide_by_patches(window_predictions: list[torch.Tensor], patch_predictions: 
     patches' prediction exactly."""
     return [weight * patches + (1.0 - weight) * windows
             for windows, patches in zip(window_predictions, patch_predictions)]
+
+
+def coarse(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`x` seen at `height x width` (area means), interpolated back to its size."""
+    return F.interpolate(F.interpolate(x, size=(height, width), mode="area"), size=x.shape[-2:], mode="bicubic")
+
+
+def low_frequencies(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """What the stage-1 patches agree on: each rows x cols block's mean (the mean of the patches'
+    predictions there, one element per patch), interpolated back to the full size."""
+    return coarse(x, x.shape[-2] // rows, x.shape[-1] // cols)
+
+
+def guide_low_frequencies(window_predictions: list[torch.Tensor], patch_predictions: list[torch.Tensor],
+                          weight: float, rows: int, cols: int) -> list[torch.Tensor]:
+    """global_guidance on the layout only: the patches' block means replace the windows' (the
+    subject's place and size), the windows keep everything finer (edges, texture), so the patches'
+    interleaved grid never shows as stair-stepped edges."""
+    return [windows + weight * (low_frequencies(patches, rows, cols) - low_frequencies(windows, rows, cols))
+            for windows, patches in zip(window_predictions, patch_predictions)]
+
+
+def anchor_to_layout(predictions: list[torch.Tensor], present: Sequence[bool], layout: torch.Tensor,
+                     height: int, width: int) -> list[torch.Tensor]:
+    """Native first: each prediction's coarse structure (at `height x width`, half the layout
+    pass's size) is the upscaled layout's, so the tiles cannot start a subject the layout does not
+    have; everything finer is theirs. Absent slots stay zeros."""
+    return [p + coarse(layout - p, height, width) if here else p for p, here in zip(predictions, present)]
 
 
 def _in_calls(denoise: Denoise, stack: torch.Tensor, views: Sequence, per_call: int, batch: int):

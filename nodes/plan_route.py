@@ -18,8 +18,8 @@ import logging
 import comfy.model_sampling
 import comfy.samplers
 
-from ..cutdiff_core.config import (SETTINGS, CutDiffusionConfig, Setting, plan_run, validate_config, validate_stride,
-                                   window_stride_latent)
+from ..cutdiff_core.config import (SETTINGS, CutDiffusionConfig, Setting, plan_native_first_pass, plan_run,
+                                   validate_config, validate_stride, window_stride_latent)
 from ..cutdiff_core.layout import native_first
 from ..cutdiff_core.plan import EVALUATIONS_PER_STEP, LATENT_SCALE, window_layout
 from ..cutdiff_demo.model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
@@ -32,7 +32,7 @@ MAX_SIDE_PX = 16384       # EmptyLatentImage's own maximum
 MAX_STEPS = 10000         # the node's steps maximum
 MAX_DRAWN_WINDOWS = 400
 # Model-loading node classes whose model's native size is known without loading it.
-NATIVE_PX_BY_MODEL_SOURCE = {"CutDiffusionDemoModel": DEMO_NATIVE_PX}
+NATIVE_PX_BY_MODEL_SOURCE = {"CutDiffusionDemoModel": DEMO_NATIVE_PX, "CutDiffusionDemoDiT": DEMO_NATIVE_PX}
 
 # One instance: the default discrete schedule (linear betas 0.00085..0.012,
 # 1000 timesteps) is exactly SD1.5's and SDXL's.
@@ -118,9 +118,10 @@ def preview_plan(params: dict) -> dict:
     sigmas = preview_sigmas(scheduler, sampler_name, steps, denoise)
     first = (native_first(height, width, native, len(sigmas) - 1, config.layout_denoise)
              if config.layout == "native first" and denoise > 0.9999 and len(sigmas) >= 3 else None)
-    plan = plan_run(config, height=height, width=width, native_px=native_px,
-                    sigmas=sigmas[first.refine_from:] if first else sigmas,
-                    split_sigma=float(_DISCRETE.percent_to_sigma(config.stage_split)))
+    plan_args = dict(height=height, width=width, native_px=native_px,
+                     sigmas=sigmas[first.refine_from:] if first else sigmas,
+                     split_sigma=float(_DISCRETE.percent_to_sigma(config.stage_split)))
+    plan = plan_native_first_pass(config, **plan_args)[1] if first else plan_run(config, **plan_args)
     grid, layout = plan.grid, plan.layout
     per_image = plan.model_evaluations(cfg_batches=1) + (first.layout_evaluations if first else 0)
     # ComfyUI skips the uncond half when cfg is exactly 1.
@@ -143,8 +144,10 @@ def preview_plan(params: dict) -> dict:
                     "rects": [[win.x * px, win.y * px, win.w * px, win.h * px] for win in _drawn_windows(layout)]},
         "layout": None if first is None else {"w": first.width * px, "h": first.height * px, "steps": first.steps,
                                               "evaluations": first.layout_evaluations,
+                                              "direct": first.is_whole_run,
                                               "summary": first.summary(px)},
         "steps": plan.steps, "stage1_steps": plan.stage1_steps, "stage2_steps": plan.stage2_steps,
+        "guided": plan.global_guidance,
         "evaluations_per_image": per_image,
         "evaluations_with_cfg": per_image * cfg_halves,
         "multidiffusion_evaluations": (len(sigmas) - 1) * _multidiffusion_windows(plan, native, stride,

@@ -53,7 +53,7 @@ def sdxl_front(prompt: str, x0: int = 0) -> list[N]:
 
 
 def sampler(model_from: tuple[str, int], latent_from: tuple[str, int], x: int, **widgets) -> N:
-    return N("sampler", "CutDiffusionKSampler", (x, 0), {"seed": 42, **PAPER_SAMPLING, "layout": "patches", **widgets},
+    return N("sampler", "CutDiffusionKSampler", (x, 0), {"seed": 42, **PAPER_SAMPLING, **widgets},
              {"model": model_from, "positive": ("pos", 0), "negative": ("neg", 0), "latent_image": latent_from},
              width=400)
 
@@ -159,6 +159,24 @@ def demo() -> list[N]:
     ]
 
 
+def demo_dit() -> list[N]:
+    from cutdiff_demo.dit import NATIVE_SIZE_PX
+
+    # 9x the native area with the pack's defaults, sampled as the DiT bench samples (BENCHMARKS.md).
+    return [
+        N("demo", "CutDiffusionDemoDiT", (0, 0), {"prompt": "red circle on sand"}),
+        N("latent", "EmptyLatentImage", (0, 300), {"width": 3 * NATIVE_SIZE_PX, "height": 3 * NATIVE_SIZE_PX,
+                                                   "batch_size": 1}),
+        N("sampler", "CutDiffusionKSampler", (360, 0), {"seed": 7, "steps": 20, "cfg": 3.0, "sampler_name": "euler",
+                                                        "scheduler": "simple"},
+          {"model": ("demo", 0), "positive": ("demo", 1), "negative": ("demo", 2), "latent_image": ("latent", 0)},
+          width=400),
+        N("decode", "CutDiffusionDemoDecode", (800, 0), {}, {"samples": ("sampler", 0)}),
+        N("save", "SaveImage", (800, 120), {"filename_prefix": "cutdiffusion/demo_dit"}, {"images": ("decode", 0)},
+          width=520),
+    ]
+
+
 def catalogue() -> dict:
     """name -> (title shown in the thumbnail, nodes)."""
     out = {
@@ -176,6 +194,7 @@ def catalogue() -> dict:
     import nodes
     if "CutDiffusionDemoModel" in nodes.NODE_CLASS_MAPPINGS:  # the demo nodes land separately
         out["cutdiffusion_demo_model"] = ("Demo model (CPU)", demo())
+        out["cutdiffusion_demo_dit"] = ("Demo DiT (CPU)", demo_dit())
     return out
 
 
@@ -264,10 +283,15 @@ def thumbnail(title: str, workflow: dict, path: Path) -> None:
     g = plan["grid"]
     patches = [(j * g["patch_w"], i * g["patch_h"], g["patch_w"], g["patch_h"])
                for i in range(g["rows"]) for j in range(g["cols"])]
-    for k, (rects, color, caption) in enumerate((
-            (patches, (78, 161, 255), f"stage 1: {plan['stage1_steps']} steps, {g['rows']}x{g['cols']} patches"),
-            (plan["windows"]["rects"], (255, 166, 77),
-             f"stage 2: {plan['stage2_steps']} steps, {plan['windows']['count']} windows"))):
+    first = plan["layout"]
+    if first and not first["direct"]:   # native first: the target pass, after a layout pass
+        stage1 = f"layout guidance: {g['rows']}x{g['cols']} patches" if plan["guided"] else "no stage 1"
+        stage2 = f"then {plan['stage2_steps']} steps, {plan['windows']['count']} tiles"
+    else:
+        stage1 = f"stage 1: {plan['stage1_steps']} steps, {g['rows']}x{g['cols']} patches"
+        stage2 = f"stage 2: {plan['stage2_steps']} steps, {plan['windows']['count']} windows"
+    for k, (rects, color, caption) in enumerate(((patches, (78, 161, 255), stage1),
+                                                 (plan["windows"]["rects"], (255, 166, 77), stage2))):
         x0 = 16 + k * (panel_w + 16)
         draw.rectangle([x0, top, x0 + full_w * scale, top + full_h * scale], fill=(44, 46, 54))
         # Translucent fills: overlapping windows show up brighter where they overlap.
@@ -280,7 +304,8 @@ def thumbnail(title: str, workflow: dict, path: Path) -> None:
             overlay = Image.alpha_composite(overlay, layer)
         image.paste(overlay, (0, 0), overlay)
         draw.text((x0, top + full_h * scale + 8), caption, font=small, fill=color)
-    draw.text((16, THUMB_SIZE[1] - 52), f"{plan['width']}x{plan['height']} px, {plan['evaluations_per_image']} "
+    layout = f" after a {first['w']}x{first['h']} layout" if first and not first["direct"] else ""
+    draw.text((16, THUMB_SIZE[1] - 52), f"{plan['width']}x{plan['height']} px{layout}, {plan['evaluations_per_image']} "
               f"model evaluations per image", font=small, fill=(220, 220, 220))
     draw.text((16, THUMB_SIZE[1] - 30), f"MultiDiffusion: {plan['multidiffusion_evaluations']}", font=small,
               fill=(150, 150, 150))

@@ -4,7 +4,8 @@ real executor (headless, CPU), at three sizes with three methods, plus a side-by
     bash scripts/demo.sh          # sets up .venv first; outputs under out/demo/
 
 Methods: direct inference (ComfyUI's KSampler at the target size), MultiDiffusion
-(CutDiffusion KSampler with stage_split 0) and CutDiffusion (the defaults). Targets: 4x the
+(CutDiffusion KSampler with stage_split 0), the paper's CutDiffusion (the workflow as shipped:
+layout patches) and the pack's default (layout native first). Targets: 4x the
 native area, a 2:1 panorama and a 1:2 portrait. The demo model has only ever seen one object
 per image: repeated objects are the method's doing.
 """
@@ -29,7 +30,7 @@ from cutdiff_demo.model import NATIVE_SIZE_PX as NATIVE  # noqa: E402
 
 WORKFLOW = REPO / "workflows" / "cutdiffusion_demo_model.json"
 TARGETS = {"4x area": (2 * NATIVE, 2 * NATIVE), "2:1": (4 * NATIVE, 2 * NATIVE), "1:2": (2 * NATIVE, 4 * NATIVE)}
-METHODS = ("direct inference", "MultiDiffusion", "CutDiffusion")
+METHODS = ("direct inference", "MultiDiffusion", "CutDiffusion (paper)", "CutDiffusion (default)")
 PROMPT = "red circle on sand"
 KSAMPLER_INPUTS = ("model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
                    "latent_image", "denoise")
@@ -48,8 +49,11 @@ def demo_prompt(method: str, width: int, height: int, seed: int) -> tuple[dict, 
         sampler["inputs"] = {k: v for k, v in sampler["inputs"].items() if k in KSAMPLER_INPUTS}
     elif method == "MultiDiffusion":
         sampler["inputs"]["stage_split"] = 0.0
+    elif method == "CutDiffusion (default)":
+        sampler["inputs"]["layout"] = "native first"
     save = prompt[by_type["SaveImage"]]
-    save["inputs"]["filename_prefix"] = f"demo/{method.split()[0].lower()}_{width}x{height}"
+    slug = "_".join("".join(c if c.isalnum() else " " for c in method.lower()).split())
+    save["inputs"]["filename_prefix"] = f"demo/{slug}_{width}x{height}"
     return prompt, by_type["SaveImage"]
 
 

@@ -165,8 +165,18 @@ def test_plan_preview_shows_the_numbers_for_two_settings(page, capsys):
     _load_template(page, "cutdiffusion_sdxl_2048")
     _show_sampler(page)
     shown = _shown_plan(page, "width=2048")
-    # Spec 3.5/3.6: SDXL 2048², 50 steps, normal: the paper's 25/25, 4 patches, 9 windows.
+    # The template runs the default, native first: a 1024² layout pass of all 50 steps, then the
+    # last 15 at 2048² in 2x2 shifted tiles, guided by the 2x2 patches.
     assert shown["visible"]
+    assert shown["steps"] == "2048×2048 px · steps: 0 + 15"
+    assert shown["evals"].startswith("170 model evaluations per image (340 with CFG)")
+    assert shown["captions"] == ["layout guidance: 2×2 patches", "stage 2: 15 steps, 2×2 shifted tiles"]
+    assert (shown["stage1_rects"], shown["stage2_rects"]) == (4, 4)
+    page.save_screenshot(str(SHOTS / "plan_sdxl_2048_native_first.png"))
+
+    # Spec 3.5/3.6, the paper's layout: SDXL 2048², 50 steps, normal: 25/25, 4 patches, 9 windows.
+    _set_widget(page, SAMPLER_JS, "layout", "patches")
+    shown = _shown_plan(page, "layout=patches")
     assert shown["steps"] == "2048×2048 px · steps: 25 + 25"
     assert shown["evals"].startswith("325 model evaluations per image (650 with CFG)")
     assert shown["captions"] == ["stage 1: 25 steps, 2×2 patches", "stage 2: 25 steps, 3×3 windows"]
@@ -263,6 +273,7 @@ def test_plan_preview_in_both_renderers(page, vue_nodes, capsys):
         _set_widget(page, latent, "height", size[1])
         _set_widget(page, SAMPLER_JS, "steps", 30)
         _set_widget(page, SAMPLER_JS, "scheduler", "karras")
+        _set_widget(page, SAMPLER_JS, "layout", "patches")
         _set_widget(page, SAMPLER_JS, "stage_split", 0.6)
         _shown_plan(page, "stage_split=0.6")   # the last change: the query then has all of them
         _bring_plan_into_view(page)
@@ -376,3 +387,35 @@ def test_demo_workflow_runs_from_the_run_button(page, capsys):
     assert on_node["values"] == sum(1 + w.extra_values for w in uw.widget_specs("AdaptiveDiffusion"))
     page.save_screenshot(str(SHOTS / "demo_adaptive_run.png"))
     _report(capsys, f"demo run: {report}; {adaptive}; screenshots in {SHOTS}")
+
+
+def test_a_workflow_saved_before_layout_keeps_the_papers_layout(page):
+    """The frontend hook (web/js/cutdiffusion.js onConfigure): a CutDiffusion KSampler saved before the
+    `layout` input existed (its widget values end before it) loads with the paper's `patches`, one
+    saved with a layout keeps it, and a node added now gets the default (native first)."""
+    import json
+
+    rt.init_nodes()
+    workflow = json.loads((rt.REPO_ROOT / "workflows" / "cutdiffusion_demo_model.json").read_text())
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "CutDiffusionKSampler")
+    names = [spec.name for spec in uw.widget_specs("CutDiffusionKSampler")]
+    layout_at = names.index("layout") + 1                       # + seed's control value
+    saved_values = list(sampler["widgets_values"])
+    assert saved_values[layout_at] == "patches"
+    saved_values[layout_at] = "native first"
+
+    def load_and_read(values) -> dict:
+        sampler["widgets_values"] = values
+        error = page.execute_async_script("""
+            const [wf, done] = arguments;
+            app.loadGraphData(wf, true, true, 'layout-check').then(() => done(null), e => done(String(e)));""",
+            workflow)
+        assert error is None, error
+        return page.execute_script(f"""
+            const node = {SAMPLER_JS};
+            const fresh = LiteGraph.createNode('CutDiffusionKSampler');
+            const value = n => n.widgets.find(w => w.name === 'layout').value;
+            return {{loaded: value(node), fresh: value(fresh)}};""")
+
+    assert load_and_read(saved_values[:layout_at]) == {"loaded": "patches", "fresh": "native first"}
+    assert load_and_read(saved_values)["loaded"] == "native first"

@@ -73,3 +73,44 @@ def test_cutdiffusion_runs_on_the_demo_dit_at_4x_area():
                                   disable_pbar=True, seed=0)
     assert out.shape == latent.shape and torch.isfinite(out).all()
     assert report.plan is not None and report.plan.stage1_steps > 0
+
+
+def test_shipped_dit_workflow_runs_in_the_executor_and_draws_the_packs_default():
+    """workflows/cutdiffusion_demo_dit.json (fewer steps, for CPU time) through ComfyUI's executor:
+    its image is the demo DiT sampled with the pack's defaults by the core directly."""
+    import json
+    from pathlib import Path
+
+    import comfy.sample
+    import numpy as np
+    from PIL import Image
+
+    from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion
+    from cutdiff_dev import comfy_runtime as rt
+    from cutdiff_dev import ui_workflow
+
+    prompt = ui_workflow.to_api_prompt(json.loads((rt.REPO_ROOT / "workflows" / "cutdiffusion_demo_dit.json")
+                                                  .read_text()))
+    by_type = {node["class_type"]: node_id for node_id, node in prompt.items()}
+    sampler = prompt[by_type["CutDiffusionKSampler"]]["inputs"]
+    sampler["steps"] = 6
+    size = prompt[by_type["EmptyLatentImage"]]["inputs"]
+    text = prompt[by_type["CutDiffusionDemoDiT"]]["inputs"]["prompt"]
+    save = by_type["SaveImage"]
+    prompt[save]["inputs"]["filename_prefix"] = "demo_dit/test"
+    saved = rt.run_prompt(prompt)["outputs"][save]["images"][0]
+    with Image.open(Path(rt.BASE) / "output" / saved["subfolder"] / saved["filename"]) as image:
+        from_workflow = np.asarray(image.convert("RGB"), dtype=np.int16)
+
+    demo = demo_dit.load_demo_dit()
+    report = RunReport()
+    latent = torch.zeros(1, 4, size["height"] // 8, size["width"] // 8)
+    with torch.inference_mode():
+        out = comfy.sample.sample(apply_cutdiffusion(demo.model, CutDiffusionConfig(), report),
+                                  comfy.sample.prepare_noise(latent, sampler["seed"]), 6, sampler["cfg"],
+                                  sampler["sampler_name"], sampler["scheduler"], demo.text.conditioning(text),
+                                  demo.text.conditioning(""), latent, disable_pbar=True, seed=sampler["seed"])
+        direct = np.clip(255.0 * demo.decoder(out)[0].numpy(), 0, 255).astype(np.uint8).astype(np.int16)
+    assert report.layout is not None, "the workflow is meant to show the pack's default (native first)"
+    assert from_workflow.shape == (size["height"], size["width"], 3)
+    assert np.abs(from_workflow - direct).max() <= 1

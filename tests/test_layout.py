@@ -10,8 +10,8 @@ import comfy.samplers
 from cutdiff_dev import comfy_runtime as rt
 from helpers import CountingModel, run_cut, schedule
 
-from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion
-from cutdiff_core.layout import native_first, upscale
+from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, apply_cutdiffusion
+from cutdiff_core.layout import native_first
 
 PATCH = 128          # px: the tiny model's "native" size in these tests
 NATIVE = PATCH // 8
@@ -20,14 +20,28 @@ NATIVE = PATCH // 8
 @pytest.mark.parametrize("size, layout_hw", [
     ((32, 32), (16, 16)),     # 4x area: the native size
     ((48, 48), (16, 16)),     # 9x
-    ((16, 48), (16, 48)),     # 3:1 with a native short side: the target itself
-    ((32, 64), (16, 32)),     # 1:2 above native: short side native, the target's aspect
+    ((32, 64), (11, 23)),     # 1:2: the native area (256 latent px) at the target's aspect
+    ((16, 48), (9, 28)),      # 3:1 with a native short side: the native area too, not the target
 ])
-def test_layout_pass_has_a_native_short_side_and_the_targets_aspect(size, layout_hw):
+def test_layout_pass_has_the_native_area_and_the_targets_aspect(size, layout_hw):
     first = native_first(*size, NATIVE, 20, 0.3)
     assert (first.height, first.width) == layout_hw
     assert (first.steps, first.refine_from) == (20, 14)          # the last 6 of 20 steps at the target size
     assert first.layout_evaluations == 20 * round(layout_hw[0] * layout_hw[1] / NATIVE ** 2)
+
+
+def test_a_target_within_the_native_area_is_sampled_directly(model, conds):
+    """3:1 at 3/4 of the native area (a long side above native): the layout pass is the target
+    itself, nothing is re-run, so the run is KSampler's bit for bit and costs what it costs."""
+    first = native_first(8, 24, NATIVE, 20, 0.3)
+    assert (first.height, first.width, first.refine_from) == (8, 24, 20) and first.is_whole_run
+    assert first.layout_evaluations == 20
+    latent = rt.empty_latent(3 * PATCH // 2, PATCH // 2)
+    with CountingModel(model) as counter:
+        got, report = run_cut(model, latent, seed=2, steps=6, conds=conds, patch_size=PATCH, layout="native first")
+    assert report.plan is None and report.layout.is_whole_run and "sampled directly" in report.summary()
+    assert sum(counter.batches) == 2 * 6
+    assert torch.equal(got, rt.ksampler(model, 2, 6, 5.0, "euler", "normal", *conds, latent))
 
 
 def test_no_layout_pass_where_the_target_fits_the_native_size():
@@ -36,8 +50,11 @@ def test_no_layout_pass_where_the_target_fits_the_native_size():
 
 
 def _reference(model, conds, latent, seed, steps, cfg, layout_denoise):
-    """Native first from ComfyUI's own calls: KSampler at the layout size, bicubic upscale, then the
-    paper's CutDiffusion on the last part of the same sigmas with fresh noise from seed + 1."""
+    """Native first without layout guidance from ComfyUI's own calls: KSampler at the layout size,
+    bicubic upscale, then the paper's stage 2 in shifted tiles on the last part of the same sigmas
+    with fresh noise from seed + 1, each denoised prediction taking the upscaled layout's structure
+    at half the layout size (the anchor; on ComfyUI's post-CFG hook, equal to anchoring each
+    prediction before CFG since both are linear)."""
     pos, neg = conds
     samples = latent["samples"]
     first = native_first(samples.shape[-2], samples.shape[-1], NATIVE, steps, layout_denoise)
@@ -47,8 +64,18 @@ def _reference(model, conds, latent, seed, steps, cfg, layout_denoise):
     with torch.inference_mode():
         layout = comfy.sample.sample_custom(model, comfy.sample.prepare_noise(small, seed), cfg, sampler, sigmas,
                                             pos, neg, small, disable_pbar=True, seed=seed)
-        up = upscale(layout, *samples.shape[-2:])
-        paper = apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PATCH, layout="patches"))
+        up = torch.nn.functional.interpolate(layout, size=samples.shape[-2:], mode="bicubic")
+        anchor = model.model.process_latent_in(up)
+        coarse_hw = (first.height // 2, first.width // 2)
+
+        def keep_layout(args):
+            difference = anchor - args["denoised"]
+            coarse = torch.nn.functional.interpolate(difference, size=coarse_hw, mode="area")
+            return args["denoised"] + torch.nn.functional.interpolate(coarse, size=samples.shape[-2:], mode="bicubic")
+
+        paper = apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PATCH, layout="patches",
+                                                             stage2_mode="shifted"))
+        paper.set_model_sampler_post_cfg_function(keep_layout)
         return comfy.sample.sample_custom(paper, comfy.sample.prepare_noise(up, seed + 1), cfg, sampler,
                                           sigmas[first.refine_from:], pos, neg, up, disable_pbar=True, seed=seed)
 
@@ -58,7 +85,7 @@ def test_native_first_is_layout_pass_upscale_and_the_pack_on_the_tail(model, con
     latent = rt.empty_latent(*size_px)
     with CountingModel(model) as counter:
         got, report = run_cut(model, latent, seed=4, steps=10, cfg=5.0, conds=conds, patch_size=PATCH,
-                              layout="native first", layout_denoise=0.3)
+                              layout="native first", layout_denoise=0.3, layout_guidance=0.0)
     expected = _reference(model, conds, latent, 4, 10, 5.0, 0.3)
     scale = float(expected.abs().max())
     torch.testing.assert_close(got, expected, atol=1e-5 * scale, rtol=1e-4)
@@ -66,6 +93,29 @@ def test_native_first_is_layout_pass_upscale_and_the_pack_on_the_tail(model, con
     assert report.layout is not None and report.plan.steps == 3 and report.plan.stage1_steps == 0
     assert sum(counter.batches) == 2 * 10 + report.plan.model_evaluations()
     assert "native-first layout" in report.summary()
+
+
+def test_layout_guidance_runs_the_patches_on_square_grids_only(model, conds):
+    """layout_guidance adds one patch set per target-pass step where the patch grid is square (2x2
+    at 4x area) and changes the image; on a 2x3 grid it is off and the run is the unguided one."""
+    square = rt.empty_latent(2 * PATCH, 2 * PATCH)
+    with CountingModel(model) as counter:
+        guided, report = run_cut(model, square, seed=4, steps=10, conds=conds, patch_size=PATCH,
+                                 layout="native first", layout_guidance=1.0)
+    plan = report.plan
+    assert plan.global_guidance and plan.layout.mode == "shifted" and (plan.grid.rows, plan.grid.cols) == (2, 2)
+    assert sum(counter.batches) == 2 * 10 + 2 * plan.steps * (plan.layout.count + 4) == plan.model_evaluations() + 20
+    unguided, _ = run_cut(model, square, seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first",
+                          layout_guidance=0.0)
+    assert not torch.allclose(guided, unguided, atol=1e-3)
+
+    wide = rt.empty_latent(3 * PATCH, 2 * PATCH)
+    guided, report = run_cut(model, wide, seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first",
+                             layout_guidance=1.0)
+    assert not report.plan.global_guidance and (report.plan.grid.rows, report.plan.grid.cols) == (2, 3)
+    unguided, _ = run_cut(model, wide, seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first",
+                          layout_guidance=0.0)
+    assert torch.equal(guided, unguided)
 
 
 def test_native_first_at_native_size_is_ksampler(model, conds):
@@ -95,10 +145,16 @@ def test_saved_prompt_without_layout_runs_the_papers_layout(model, conds):
 def test_preview_counts_the_layout_pass():
     from comfyui_cutdiffusion.nodes.plan_route import preview_plan
     plan = preview_plan({"width": 2048, "height": 2048, "steps": 50})
-    assert plan["layout"] == {"w": 1024, "h": 1024, "steps": 50, "evaluations": 50,
+    assert plan["layout"] == {"w": 1024, "h": 1024, "steps": 50, "evaluations": 50, "direct": False,
                               "summary": plan["layout"]["summary"]}
-    assert (plan["stage1_steps"], plan["stage2_steps"]) == (0, 15)
-    assert plan["evaluations_per_image"] == 50 + 15 * 9 == 185     # BENCHMARKS.md: 185 SDXL evaluations
+    assert (plan["stage1_steps"], plan["stage2_steps"], plan["windows"]["mode"]) == (0, 15, "shifted")
+    # BENCHMARKS.md: 170 SDXL evaluations (2x2 shifted tiles and the 2x2 patches' guidance, 15 steps)
+    assert plan["evaluations_per_image"] == 50 + 15 * (4 + 4) == 170
     assert plan["multidiffusion_evaluations"] == 50 * 9
     paper = preview_plan({"width": 2048, "height": 2048, "steps": 50, "layout": "patches"})
     assert paper["layout"] is None and paper["evaluations_per_image"] == 325
+    wide = preview_plan({"width": 2048, "height": 512, "steps": 50})
+    assert wide["layout"]["direct"] and wide["evaluations_per_image"] == 50 and wide["stage2_steps"] == 0
+    panorama = preview_plan({"width": 4096, "height": 2048, "steps": 50})   # 2x4 grid: no layout guidance
+    assert (panorama["layout"]["w"], panorama["layout"]["h"]) == (1448, 728)
+    assert panorama["evaluations_per_image"] == 50 + 15 * 8 == 170

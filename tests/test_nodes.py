@@ -56,7 +56,7 @@ def test_pack_registers_its_nodes_with_tooltips():
 
 PATCH_INPUTS = ["patch_size", "window_stride", "stage_split", "window_batch_size", "window_jitter",
                 "pixel_interaction", "stage2_mode", "window_weights", "min_stage1_steps", "global_guidance", "layout",
-                "layout_denoise"]
+                "layout_denoise", "layout_guidance"]
 # Every input in order: saved workflows store widget values by position, so names and order never change.
 INPUT_ORDER = {
     "CutDiffusion": ["model", *PATCH_INPUTS],

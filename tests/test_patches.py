@@ -144,3 +144,39 @@ def test_global_guidance_mix_is_exact_at_its_ends():
     windows, patches = [torch.randn(1, 4, 8, 8)], [torch.randn(1, 4, 8, 8)]
     assert torch.equal(guide_by_patches(windows, patches, 1.0)[0], patches[0])
     assert torch.equal(guide_by_patches(windows, patches, 0.0)[0], windows[0])
+
+
+def test_low_band_guidance_takes_the_patches_layout_and_keeps_the_windows_detail():
+    """guidance_band low: a difference that is constant over each rows x cols block (where the
+    subject is) goes; a difference that averages to zero in every block (edges, texture at the
+    patches' interleave) stays; weight 0 changes nothing."""
+    from cutdiff_core.stages import guide_low_frequencies, low_frequencies
+
+    rows, cols = 2, 3
+    patches = torch.randn(2, 4, 12, 18)
+    layout_shift = torch.randn(2, 4, 1, 1)                       # the windows placed things elsewhere
+    checker = torch.tensor([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0]]).repeat(6, 6)   # zero mean per 2x3 block
+    detail = 0.5 * checker * torch.randn(2, 4, 1, 1)
+    assert torch.allclose(low_frequencies(detail, rows, cols), torch.zeros_like(detail), atol=1e-6)
+
+    windows = patches + layout_shift + detail
+    (guided,) = guide_low_frequencies([windows], [patches], 1.0, rows, cols)
+    torch.testing.assert_close(guided, patches + detail)
+    (half,) = guide_low_frequencies([windows], [patches], 0.5, rows, cols)
+    torch.testing.assert_close(half, patches + 0.5 * layout_shift + detail)
+    assert torch.equal(guide_low_frequencies([windows], [patches], 0.0, rows, cols)[0], windows)
+
+
+def test_layout_anchor_takes_the_layouts_coarse_structure_and_keeps_the_rest():
+    """Native first: a prediction that moved the layout (a shift constant over each coarse cell) is
+    brought back to it; detail that averages to zero in every coarse cell stays; absent slots stay
+    zeros."""
+    from cutdiff_core.stages import anchor_to_layout
+
+    layout = torch.randn(1, 4, 8, 12)
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(4, 6)    # zero mean per 2x2 cell
+    detail = checker * torch.randn(1, 4, 1, 1)
+    moved = layout + torch.randn(1, 4, 1, 1) + detail
+    anchored, absent = anchor_to_layout([moved, torch.zeros_like(moved)], [True, False], layout, 4, 6)
+    torch.testing.assert_close(anchored, layout + detail)
+    assert torch.equal(absent, torch.zeros_like(moved))

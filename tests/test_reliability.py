@@ -276,7 +276,7 @@ def test_interrupted_run_then_a_normal_one_share_no_state(model, conds):
 @pytest.mark.parametrize("mode", ["overlap", "shifted"])
 def test_preview_counts_multidiffusion_with_its_own_windows(mode):
     from comfyui_cutdiffusion.nodes.plan_route import preview_plan
-    plan = preview_plan({"width": 4096, "height": 4096, "steps": 30, "stage2_mode": mode})
+    plan = preview_plan({"width": 4096, "height": 4096, "steps": 30, "stage2_mode": mode, "layout": "patches"})
     assert plan["multidiffusion_evaluations"] == 30 * 49   # spec 3.6: 7 x 7 windows at 4096^2
     assert plan["windows"]["count"] == (49 if mode == "overlap" else 16)
 

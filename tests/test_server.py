@@ -8,7 +8,8 @@ from cutdiff_dev import comfy_runtime as rt
 from cutdiff_dev import comfy_server
 
 PACK = comfy_server.PACK_DIR_NAME
-PACK_NODES = {"CutDiffusion", "CutDiffusionKSampler", "AdaptiveDiffusion"}
+PACK_NODES = {"CutDiffusion", "CutDiffusionKSampler", "AdaptiveDiffusion", "CutDiffusionDemoModel", "CutDiffusionDemoDiT",
+              "CutDiffusionDemoDecode"}
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ REQUIRED = {  # the issue's list: name -> node types it must show
     "cutdiffusion_hires_fix": {"CutDiffusionKSampler", "LoadImage", "ImageScale", "VAEEncode"},
     "cutdiffusion_adaptivediffusion": {"CutDiffusionKSampler", "AdaptiveDiffusion"},
     "cutdiffusion_demo_model": {"CutDiffusionKSampler", "CutDiffusionDemoModel", "CutDiffusionDemoDecode"},
+    "cutdiffusion_demo_dit": {"CutDiffusionKSampler", "CutDiffusionDemoDiT", "CutDiffusionDemoDecode"},
     "cutdiffusion_flux_2048": {"CutDiffusionKSampler", "UNETLoader", "DualCLIPLoader", "FluxGuidance",
                                "ModelSamplingFlux", "EmptySD3LatentImage"},
     "cutdiffusion_zimage_2048": {"CutDiffusionKSampler", "UNETLoader", "CLIPLoader", "ModelSamplingAuraFlow",

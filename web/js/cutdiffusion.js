@@ -29,7 +29,8 @@ const ADAPTIVE_MARGIN = 4;
 const POLL_MS = 400;
 // Widgets of the node that change the plan (all others, e.g. seed, do not).
 const PLAN_WIDGETS = ["steps", "cfg", "sampler_name", "scheduler", "denoise", "patch_size", "window_stride",
-  "stage_split", "window_jitter", "stage2_mode", "min_stage1_steps", "global_guidance", "layout", "layout_denoise"];
+  "stage_split", "window_jitter", "stage2_mode", "min_stage1_steps", "global_guidance", "layout", "layout_denoise",
+  "layout_guidance"];
 // Nodes whose `layout` input came after workflows were saved without it: such a workflow ran
 // the paper's layout, so it keeps it instead of taking the new default.
 const LAYOUT_NODES = [SAMPLER_NODE, "CutDiffusion"];

@@ -78,8 +78,13 @@ export function renderPlan(root, state) {
     const w = plan.windows;
     const diagrams = document.createElement("div");
     diagrams.className = "cutdiff-diagrams";
+    // Native first runs no stage 1; its patches run beside the tiles where they guide the layout.
+    const targetPass = plan.layout && !plan.layout.direct;
+    const stage1Caption = targetPass
+      ? (plan.guided ? `layout guidance: ${g.rows}×${g.cols} patches` : "no stage 1")
+      : `stage 1: ${plan.stage1_steps} steps, ${g.rows}×${g.cols} patches`;
     diagrams.append(
-      diagram(plan, `stage 1: ${plan.stage1_steps} steps, ${g.rows}×${g.cols} patches`, STAGE1_COLOR,
+      diagram(plan, stage1Caption, STAGE1_COLOR,
         patchRects(plan),
         `Stage 1 (global structure): ${g.rows * g.cols} native-size patches of ${g.patch_w}×${g.patch_h} px. ` +
         `Each patch is an interleaved view of the whole image (every ${g.rows}×${g.cols}th pixel), ` +
@@ -92,7 +97,12 @@ export function renderPlan(root, state) {
             (w.jitter_h || w.jitter_w ? `, moved by up to ${Math.max(w.jitter_h, w.jitter_w)} px every step.` : ".")),
     );
     root.appendChild(diagrams);
-    if (plan.layout) {
+    if (plan.layout?.direct) {
+      root.appendChild(line("cutdiff-layout",
+        `sampled directly: ${plan.layout.w}×${plan.layout.h} px, ${plan.layout.steps} steps, like KSampler`,
+        "layout native first with a short side at the native size: the layout pass is the image itself, " +
+        "so nothing is cut into patches or windows."));
+    } else if (plan.layout) {
       root.appendChild(line("cutdiff-layout",
         `layout first: ${plan.layout.w}×${plan.layout.h} px, ${plan.layout.steps} steps, then the last ` +
         `${plan.stage1_steps + plan.stage2_steps} at full size`,
