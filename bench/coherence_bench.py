@@ -194,7 +194,8 @@ def sample(demo, cand: Candidate, width, height, prompt, seed, batch, args) -> t
         first = RunReport()
         out = _sample_segments(apply_cutdiffusion(demo.model, cand.config, first),
                                apply_cutdiffusion(demo.model, replace(cand.config, global_guidance=0.0), report),
-                               noise, latent, prompt, args, seed, guided_steps(cand, width, height, NATIVE, sigmas, ms))
+                               noise, latent, prompt, args, seed, guided_steps(cand, width, height, NATIVE, sigmas, ms),
+                               sigmas)
         evals += (first.stage1_evaluations + first.stage2_evaluations) // batch
     else:
         out = _sample(apply_cutdiffusion(demo.model, cand.config, report), noise, latent, args.steps, prompt, args, seed)

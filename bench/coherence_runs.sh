@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The runs behind BENCHMARKS.md's "Coherence at every size (issue 17)" section, in the order they were made
-# (about 110 minutes on 2 CPU cores with one torch thread). CPU limits: the exploration at 16 images per cell
-# (DemoFusion at 16x area: 8), the rule's winner at 64 and the runner-up at 32; a cell with more images
-# replaces one with fewer in bench/results/coherence_cells.json. MultiDiffusion is left out at 9x and 16x
-# area (0% one object at 4x and everywhere else it ran). Set PYTHONPATH to run against another copy of
+# (about 2 hours on 2 CPU cores with one torch thread). CPU limits: the exploration at 16 images per cell
+# (DemoFusion at 16x area: 8), finalists at 32 or 64; a cell with more images replaces one with fewer in
+# bench/results/coherence_cells.json. Set PYTHONPATH to run against another copy of
 # cutdiff_core / cutdiff_dev / cutdiff_demo (the section says which the figures came from).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +22,7 @@ run --seeds 64 --targets "1:2;2:1;3:1" --only "native-first 0.3, shifted;native-
 run --seeds 32 --targets "1:2;2:1;3:1" --only "native-first 0.3, shifted, native area + layout anchor"
 run --seeds 64 --only "the pack: native first, layout_guidance 0;the pack's default: native first, layout_guidance 1"
 run --seeds 64 --only "direct inference"
+run --seeds 16 --targets "9x area;16x area" --only "MultiDiffusion"
+run --seeds 16 --targets "16x area" --only "native-first, denoise 0.7;gg 1;gg 1, shifted, split 0.7;gg 1, shifted, over half of stage 2;native-first 0.7 + gg 1, shifted"
+run --seeds 32 --targets "4x area;9x area;16x area" --only "native-first 0.3, shifted, native area + layout anchor"
 .venv/bin/python bench/coherence_bench.py --render-only --command "bash bench/coherence_runs.sh" "$@"

@@ -30,15 +30,29 @@ def _demo_schema(node_id: str, display_name: str, description: str, model_toolti
     )
 
 
-def _check_prompt(prompt: str) -> bool | str:
-    try:
-        demo_model.parse_prompt(prompt)
-    except ValueError as error:
-        return str(error)
-    return True
+class _DemoModelNode(io.ComfyNode):
+    """A demo model with its prompt encoded; subclasses name the loader and the schema."""
+    @staticmethod
+    def load():
+        raise NotImplementedError
+
+    @classmethod
+    def validate_inputs(cls, prompt: str) -> bool | str:
+        try:
+            demo_model.parse_prompt(prompt)
+        except ValueError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def execute(cls, prompt: str) -> io.NodeOutput:
+        demo = cls.load()
+        return io.NodeOutput(demo.model, demo.text.conditioning(prompt), demo.text.conditioning(""))
 
 
-class CutDiffusionDemoModel(io.ComfyNode):
+class CutDiffusionDemoModel(_DemoModelNode):
+    load = staticmethod(demo_model.load_demo_model)
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return _demo_schema(
@@ -49,17 +63,10 @@ class CutDiffusionDemoModel(io.ComfyNode):
             f"The demo UNet (SDXL conditioning, EPS, native {demo_model.NATIVE_SIZE_PX} px).",
             "The prompt, with SDXL's pooled output.")
 
-    @classmethod
-    def validate_inputs(cls, prompt: str) -> bool | str:
-        return _check_prompt(prompt)
 
-    @classmethod
-    def execute(cls, prompt: str) -> io.NodeOutput:
-        demo = demo_model.load_demo_model()
-        return io.NodeOutput(demo.model, demo.text.conditioning(prompt), demo.text.conditioning(""))
+class CutDiffusionDemoDiT(_DemoModelNode):
+    load = staticmethod(demo_dit.load_demo_dit)
 
-
-class CutDiffusionDemoDiT(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return _demo_schema(
@@ -70,15 +77,6 @@ class CutDiffusionDemoDiT(io.ComfyNode):
             "image model.",
             f"The demo DiT (Flux conditioning, flow matching, native {demo_dit.NATIVE_SIZE_PX} px).",
             "The prompt, as Flux's text context and pooled vector.")
-
-    @classmethod
-    def validate_inputs(cls, prompt: str) -> bool | str:
-        return _check_prompt(prompt)
-
-    @classmethod
-    def execute(cls, prompt: str) -> io.NodeOutput:
-        demo = demo_dit.load_demo_dit()
-        return io.NodeOutput(demo.model, demo.text.conditioning(prompt), demo.text.conditioning(""))
 
 
 class CutDiffusionDemoDecode(io.ComfyNode):
