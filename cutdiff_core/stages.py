@@ -97,10 +97,10 @@ def low_frequencies(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 def guide_low_frequencies(window_predictions: list[torch.Tensor], patch_predictions: list[torch.Tensor],
                           weight: float, rows: int, cols: int) -> list[torch.Tensor]:
-    """global_guidance on the layout only: the patches' block means replace the windows' (the
+    """layout_guidance (native first): the patches' block means replace the windows' (the
     subject's place and size), the windows keep everything finer (edges, texture), so the patches'
     interleaved grid never shows as stair-stepped edges."""
-    return [windows + weight * (low_frequencies(patches, rows, cols) - low_frequencies(windows, rows, cols))
+    return [windows + weight * low_frequencies(patches - windows, rows, cols)
             for windows, patches in zip(window_predictions, patch_predictions)]
 
 
