@@ -4,8 +4,8 @@
     .venv/bin/python bench/perf_bench.py --steps 3 --sizes 2x --repeats 1 --no-write   # smoke run
 
 For each target size and method (direct inference at the target size, MultiDiffusion = the patch
-with stage_split 0 and the same stride, CutDiffusion with overlapping and with shifted stage-2
-windows, each also with AdaptiveDiffusion) it measures:
+with stage_split 0 and the same stride, the paper's CutDiffusion with overlapping and with shifted
+stage-2 windows, the pack's default (native first), each also with AdaptiveDiffusion) it measures:
 
 - model evaluations per image: images through the UNet, counted by a hook on the torch module
   (not by the pack's own report), next to what the plan says;
@@ -24,11 +24,17 @@ windows, each also with AdaptiveDiffusion) it measures:
 CPU: the tiny SDXL test UNet (random weights, float32) with 256 px patches, 20 steps.
 CUDA: a full-size SDXL UNet (real architecture, random weights, fp16) at 2048^2 and 4096^2,
 50 steps, euler, cfg 7.5, so the figures compare with the paper's RTX 3090 setting.
+--model flux-dev (issue 15): a full-size Flux.1-dev transformer (12 B parameters, random weights,
+bf16) on CUDA, the tests' tiny Flux on CPU; 28 steps, euler/simple, cfg 1 with Flux guidance 3.5
+and ComfyUI's ModelSamplingFlux shift for the target size, as Flux workflows run it.
 Sizes are area multiples of the native size ("2x", "4x", "9x", ...) or "pano" (2:1).
+
+A forward pass costs the same whatever the weights are, so random weights time like real ones.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import math
 import os
@@ -43,9 +49,10 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 from cutdiff_dev import comfy_runtime as rt  # noqa: E402  (no comfy import may come before rt.bootstrap())
+from cutdiff_dev import tiny_dit as td  # noqa: E402
 from report import write_section  # noqa: E402
 
-SECTION = "## Speed and memory (issue 8)"
+SECTIONS = {"sdxl": "## Speed and memory (issue 8)", "flux-dev": "## Speed and memory on Flux.1-dev (issue 15)"}
 BASELINE = "multidiffusion"
 WARMUP_STEPS = 2  # enough to run every code path and tensor shape once (one step per stage)
 PX_PER_LATENT = 8  # every size must be a multiple of it
@@ -60,6 +67,14 @@ SDXL_UNET = {
     "use_temporal_resblock": False,
 }
 
+# The transformer config comfy.model_detection reports for a Flux.1-dev checkpoint.
+FLUX_DEV = {
+    "image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16, "patch_size": 2,
+    "vec_in_dim": 768, "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24,
+    "depth": 19, "depth_single_blocks": 38, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
+}
+FLUX_T5_TOKENS = 512  # Flux.1-dev's T5 sequence length in ComfyUI
+
 
 @dataclass(frozen=True)
 class Method:
@@ -70,10 +85,12 @@ class Method:
 
 
 def all_methods() -> list[Method]:
+    paper = {"layout": "patches"}
     base = [Method("direct", "Direct inference", None),
-            Method(BASELINE, "MultiDiffusion", {"stage_split": 0.0}),
-            Method("cut-overlap", "CutDiffusion, overlap", {"stage2_mode": "overlap"}),
-            Method("cut-shifted", "CutDiffusion, shifted", {"stage2_mode": "shifted"})]
+            Method(BASELINE, "MultiDiffusion", {**paper, "stage_split": 0.0}),
+            Method("cut-overlap", "CutDiffusion, overlap", {**paper, "stage2_mode": "overlap"}),
+            Method("cut-shifted", "CutDiffusion, shifted", {**paper, "stage2_mode": "shifted"}),
+            Method("default", "The pack's default (native first)", {})]
     return base + [Method(m.key + "+ad", m.label + " + AdaptiveDiffusion", m.cut, True) for m in base]
 
 
@@ -139,24 +156,34 @@ class Bench:
         from cutdiff_core.cutdiffusion_patch import sample
         comfy.utils.set_progress_bar_enabled(False)  # tqdm output and its cost are no part of what we measure
         self._sample = sample
-        if self.gpu:
-            self.model, self.native_px = full_sdxl_fp16(), 1024
+        self.flux = args.model == "flux-dev"
+        self.native_px = 1024 if self.gpu else 256
+        if self.flux:
+            self.model = full_size_model("Flux", FLUX_DEV, torch.bfloat16) if self.gpu else td.tiny_flux(args.seed)
+            widths = dict(tokens=FLUX_T5_TOKENS, context_dim=FLUX_DEV["context_in_dim"],
+                          pooled_dim=FLUX_DEV["vec_in_dim"]) if self.gpu else {}
+            self.conds = td.flux_conds(seed=args.seed, guidance=args.flux_guidance, **widths)
+        elif self.gpu:
+            self.model = full_size_model("SDXL", SDXL_UNET, torch.float16)
             self.conds = rt.tiny_conds(seed=args.seed, tokens=77, context_dim=2048)
         else:
-            self.model, self.native_px = rt.tiny_sdxl(seed=args.seed), 256
+            self.model = rt.tiny_sdxl(seed=args.seed)
             self.conds = rt.tiny_conds(seed=args.seed)
         self._sync = torch.cuda.synchronize if self.gpu else (lambda: None)
         self.meter = UNetMeter(self.model, self._sync)
 
-    def patched(self, method: Method):
-        """(model, CutDiffusion RunReport or None) for a method, patched as a user's graph would be."""
+    def patched(self, method: Method, size: str):
+        """(model, CutDiffusion RunReport or None) for a method, patched as a user's graph would be
+        (Flux: ModelSamplingFlux for the target size first)."""
         from cutdiff_core.adaptive import AdaptiveConfig
         from cutdiff_core.adaptive_patch import apply_adaptive
         from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion
         model, report = self.model, None
+        if self.flux:
+            model = with_flux_shift(model, *target_px(size, self.native_px))
         if method.cut is not None:
             report = RunReport()
-            config = CutDiffusionConfig(layout="patches", patch_size=self.native_px, window_stride=self.args.stride,
+            config = CutDiffusionConfig(patch_size=self.native_px, window_stride=self.args.stride,
                                         window_batch_size=self.args.window_batch, **method.cut)
             model = apply_cutdiffusion(model, config, report)
         if method.adaptive:
@@ -173,7 +200,7 @@ class Bench:
         start = time.perf_counter()
         with torch.inference_mode():  # as ComfyUI's executor runs nodes
             self._sample(model, a.seed, steps, a.cfg, a.sampler, a.scheduler, pos, neg,
-                         rt.empty_latent(width, height), 1.0)
+                         (td.empty_latent if self.flux else rt.empty_latent)(width, height), 1.0)
         self._sync()
         return time.perf_counter() - start
 
@@ -181,7 +208,7 @@ class Bench:
         """Time every method at one size. With a `deadline` (perf_counter seconds), the step count
         is lowered, where needed, to what the warm-up runs say fits before it."""
         a = self.args
-        models = [self.patched(m) for m in methods]
+        models = [self.patched(m, size) for m in methods]
         results = [Result(m) for m in methods]
         warm_steps = min(WARMUP_STEPS, a.steps)
         per_step = sum(self.run(model, size, warm_steps) / warm_steps for model, _ in models)
@@ -192,6 +219,8 @@ class Bench:
             runs = a.repeats + (0 if self.gpu or not a.memory else 1)
             # The warm-up includes one-off costs (kernel selection, allocator growth), so this errs short.
             steps = min(steps, int(0.9 * (deadline - time.perf_counter()) / (runs * per_step)))
+            if steps < a.steps:
+                steps -= steps % 2  # even: stage_split 0.5 keeps its exact share of the steps
             if steps < 2:
                 print(f"  {size}: skipped, {per_step:.1f} s per step of all methods does not fit the budget",
                       file=sys.stderr, flush=True)
@@ -211,7 +240,7 @@ class Bench:
                       file=sys.stderr, flush=True)
                 result.outside.append(max(0.0, wall - self.meter.inside_s) / wall)
                 result.evals, result.calls, result.max_batch = self.meter.images, self.meter.calls, self.meter.max_batch
-                result.plan_evals = plan_evaluations(report, steps)
+                result.plan_evals = plan_evaluations(report, steps, cfg_halves(a.cfg))
         if not self.gpu and a.memory:  # a separate run: the profiler slows what it watches
             for result, (model, _) in zip(results, models):
                 result.peak_mib = cpu_peak_mib(lambda: self.run(model, size, steps))
@@ -221,7 +250,7 @@ class Bench:
         """Peak memory of a short run (one step per stage: each stage's largest batch is reached)."""
         results = []
         for method in methods:
-            model, _ = self.patched(method)
+            model, _ = self.patched(method, size)
             result = Result(method, steps=WARMUP_STEPS)
             if self.gpu:
                 self.run(model, size, WARMUP_STEPS)  # allocator growth and kernel choice out of the way
@@ -232,36 +261,60 @@ class Bench:
         return results
 
 
-def plan_evaluations(report, steps: int) -> int:
-    """Spec 3.6 from the run's own plan (both CFG halves, one image, first-order sampler):
+def cfg_halves(cfg: float) -> int:
+    """Images per window and step: ComfyUI leaves out the negative prompt at cfg 1."""
+    return 1 if math.isclose(cfg, 1.0) else 2
+
+
+def plan_evaluations(report, steps: int, halves: int) -> int:
+    """Spec 3.6 from the run's own plan (per CFG half, one image, first-order sampler):
     T1 * n + the stage-2 windows actually drawn (shifted tiles vary per step), + n per stage-2
-    step with global guidance; direct: T."""
+    step with global guidance, + one image per layout-pass step (native first); direct: T."""
     if report is None:
-        return 2 * steps
+        return halves * steps
     plan = report.plan
     guided = plan.stage2_steps * plan.grid.n if plan.global_guidance else 0
-    return 2 * (plan.stage1_steps * plan.grid.n + sum(report.stage2_windows_per_step) + guided)
+    layout = report.layout.steps if report.layout is not None else 0
+    return halves * (layout + plan.stage1_steps * plan.grid.n + sum(report.stage2_windows_per_step) + guided)
 
 
-def full_sdxl_fp16():
-    """A full-size SDXL UNet with random fp16 weights, made directly on the GPU.
-
-    A forward pass costs the same whatever the weights are, and normal_ on the device avoids
-    building 2.6 B parameters on the host.
-    """
+def full_size_model(family: str, unet_config: dict, dtype):
+    """A full-size model of a family (comfy.supported_models / comfy.model_base class name) with
+    random weights, made directly on the GPU: normal_ on the device avoids building billions of
+    parameters on the host."""
+    import comfy.ldm.flux.model
     import comfy.model_base
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
 
-    config = comfy.supported_models.SDXL(dict(SDXL_UNET))
-    config.set_inference_dtype(torch.float16, None)
+    unet_config = dict(unet_config)
+    flux_fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    if unet_config.get("image_model") == "flux" and "txt_ids_dims" in flux_fields:
+        unet_config["txt_ids_dims"] = []  # newer ComfyUI requires it; [] for Flux.1
+    config = getattr(comfy.supported_models, family)(unet_config)
+    config.set_inference_dtype(dtype, None)
     device = mm.get_torch_device()
-    model = comfy.model_base.SDXL(config, device=device)
+    model = getattr(comfy.model_base, family)(config, device=device)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.02)
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=mm.unet_offload_device())
+
+
+def with_flux_shift(model, width_px: int, height_px: int):
+    """What ComfyUI's ModelSamplingFlux node does for a target size (its default shifts), without
+    importing ComfyUI's nodes (the GPU machine runs the bench on the model-management layer)."""
+    import comfy.model_sampling
+
+    class ModelSamplingFluxShifted(comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.CONST):
+        pass
+
+    sampling = ModelSamplingFluxShifted(model.model.model_config)
+    sampling.set_parameters(shift=td.flux_node_shift(width_px, height_px))
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", sampling)
+    return patched
 
 
 # --------------------------------------------------------------------------- memory
@@ -324,8 +377,13 @@ def machine_lines(args) -> list[str]:
 
 
 def setup_lines(args, bench: Bench) -> list[str]:
-    model = ("full-size SDXL UNet (2.6 B parameters, random weights), fp16, on the GPU" if bench.gpu else
-             "tiny SDXL test UNet (cutdiff_dev.comfy_runtime.tiny_sdxl, random weights), float32, on the CPU")
+    if bench.flux:
+        model = ("full-size Flux.1-dev transformer (12 B parameters, random weights), bf16, on the GPU" if bench.gpu
+                 else "tiny Flux test transformer (cutdiff_dev.tiny_dit.tiny_flux, random weights), float32, on the CPU")
+        model += f"; Flux guidance {args.flux_guidance}, ModelSamplingFlux shift for each target size"
+    else:
+        model = ("full-size SDXL UNet (2.6 B parameters, random weights), fp16, on the GPU" if bench.gpu else
+                 "tiny SDXL test UNet (cutdiff_dev.comfy_runtime.tiny_sdxl, random weights), float32, on the CPU")
     stride = args.stride or bench.native_px // 2
     memory = ("CUDA max_memory_allocated during the first measured run, above the allocation before it (weights)"
               if bench.gpu else "peak of torch's CPU allocator (tensor memory; torch.profiler allocation events) "
@@ -346,15 +404,22 @@ def _fmt(value, spec: str, empty: str = "—") -> str:
     return empty if value is None else format(value, spec)
 
 
-def size_table(size: str, native_px: int, results: list[Result]) -> list[str]:
+def size_table(size: str, native_px: int, results: list[Result], full_steps: int) -> list[str]:
     width, height = target_px(size, native_px)
     base = next((r for r in results if r.method.key == BASELINE), None)
     base_wall = statistics.median(base.walls) if base else None
     steps = results[0].steps
-    lines = [f"### {width}x{height} px ({size}{' area' if size != 'pano' else ''}), {steps} steps", "",
-             "| method | UNet evals / image | plan | UNet calls | max batch | wall s | time vs MD | evals vs MD "
-             "| plan evals vs MD | time vs evals | outside UNet | peak MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    scaled = steps < full_steps  # a budget cut the steps: also say what the full count would take
+    lines = [f"### {width}x{height} px ({size}{' area' if size != 'pano' else ''}), {steps} steps", ""]
+    if scaled:
+        lines += [f"{steps} of {full_steps} steps fitted the time budget; \"s at {full_steps}\" scales each wall time "
+                  f"by {full_steps}/{steps} (a step costs the same within a stage, and an even step count keeps "
+                  f"stage_split 0.5's share; native first re-runs round(0.3 x steps) steps at the target size, "
+                  f"{round(0.3 * steps)} of {steps} here against {round(0.3 * full_steps)} of {full_steps})", ""]
+    lines += ["| method | UNet evals / image | plan | UNet calls | max batch | wall s "
+              + (f"| s at {full_steps} (est.) " if scaled else "")
+              + "| time vs MD | evals vs MD | plan evals vs MD | time vs evals | outside UNet | peak MiB |",
+              "|---|---:|---:|---:|---:|---:|" + ("---:|" if scaled else "") + "---:|---:|---:|---:|---:|---:|"]
     for r in results:
         wall = statistics.median(r.walls)
         time_ratio = wall / base_wall if base else None
@@ -363,9 +428,10 @@ def size_table(size: str, native_px: int, results: list[Result]) -> list[str]:
         plan_ratio = r.plan_evals / base.plan_evals if base and tiled else None
         excess = time_ratio / eval_ratio - 1 if eval_ratio else None
         mismatch = " (!)" if not r.method.adaptive and r.evals != r.plan_evals else ""
+        estimate = f"| {wall * full_steps / steps:.1f} " if scaled else ""
         lines.append(
             f"| {r.method.label} | {r.evals}{mismatch} | {r.plan_evals} | {r.calls} | {r.max_batch} | {wall:.2f} "
-            f"| {_fmt(time_ratio, '.3f')} | {_fmt(eval_ratio, '.3f')} | {_fmt(plan_ratio, '.3f')} "
+            f"{estimate}| {_fmt(time_ratio, '.3f')} | {_fmt(eval_ratio, '.3f')} | {_fmt(plan_ratio, '.3f')} "
             f"| {_fmt(excess, '+.1%')} | {statistics.median(r.outside):.1%} | {_fmt(r.peak_mib, '.1f')} |")
     return lines + [""]
 
@@ -385,8 +451,9 @@ def memory_table(native_px: int, by_size: dict[str, list[Result]]) -> list[str]:
     return lines + [""]
 
 
-LEGEND = ("UNet evals / image: images through the UNet per generated image, both CFG halves, counted by a hook "
-          "on the torch module; plan: the same from the run's plan (spec 3.6, first-order samplers; "
+LEGEND = ("UNet evals / image: images through the UNet (or DiT) per generated image, both CFG halves (one at "
+          "cfg 1), counted by a hook on the torch module; plan: the same from the run's plan (spec 3.6, first-order "
+          "samplers; native first adds one image per layout-pass step; "
           "AdaptiveDiffusion rows count skips, the plan does not; (!) marks a mismatch). UNet calls / max batch: "
           "forward calls per image and the largest batch of one. time vs MD: wall time over MultiDiffusion's in "
           "this run; evals vs MD: the same for counted evaluations; time vs evals: how much more the time ratio "
@@ -403,16 +470,20 @@ def parse_args(argv=None):
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(SECTIONS), default="sdxl",
+                   help="sdxl (default) or flux-dev: full size on a GPU, the tests' tiny model on CPU")
     p.add_argument("--sizes", help="comma list of area multiples of the native size (2x, 4x, 9x, 16x, ...) and/or "
                                    "pano (2:1); default: 2x,4x,9x,pano on CPU, 4x,16x (2048^2, 4096^2) on a GPU")
     p.add_argument("--methods", help="comma list of " + ", ".join(m.key for m in all_methods()) + " (default: all)")
-    p.add_argument("--steps", type=int, help="sampling steps (default 20 on CPU, 50 on a GPU; 10 with --quick)")
+    p.add_argument("--steps", type=int, help="sampling steps (default 20 on CPU, 50 on a GPU (Flux 28); 10 with "
+                                              "--quick)")
     p.add_argument("--quick", action="store_true", help="10 steps unless --steps is given")
     p.add_argument("--repeats", type=int, help="timed runs per method and size, the median is reported (default 3 on "
                                                 "CPU, 1 on a GPU: a quiet device, and a 4096^2 run takes minutes)")
-    p.add_argument("--cfg", type=float, default=7.5)
+    p.add_argument("--cfg", type=float, help="default 7.5 (SDXL), 1.0 (Flux.1-dev: guidance-distilled)")
+    p.add_argument("--flux-guidance", type=float, default=3.5, help="Flux guidance (FluxGuidance node)")
     p.add_argument("--sampler", default="euler")
-    p.add_argument("--scheduler", default="normal")
+    p.add_argument("--scheduler", help="default normal (SDXL), simple (Flux)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stride", type=int, default=0, help="window stride in px (0 = half the patch size)")
     p.add_argument("--window-batch", type=int, default=0, help="window_batch_size (0 = automatic)")
@@ -428,7 +499,10 @@ def parse_args(argv=None):
     p.add_argument("--no-write", action="store_true", help="print the tables only")
     args = p.parse_args(argv)
     args.device = "cuda" if cuda and not args.cpu else "cpu"
-    args.steps = args.steps or (10 if args.quick else 50 if args.device == "cuda" else 20)
+    flux = args.model == "flux-dev"
+    args.steps = args.steps or (10 if args.quick else (28 if flux else 50) if args.device == "cuda" else 20)
+    args.cfg = args.cfg if args.cfg is not None else 1.0 if flux else 7.5
+    args.scheduler = args.scheduler or ("simple" if flux else "normal")
     args.repeats = args.repeats or (1 if args.device == "cuda" else 3)
     if args.steps < 2:
         p.error("--steps must be at least 2: one step per CutDiffusion stage")
@@ -451,7 +525,7 @@ def report_body(args, bench: Bench, timed: dict, peaks: dict) -> str:
     lines = ["Written by `bench/perf_bench.py`.", "", *machine_lines(args), *setup_lines(args, bench), "", LEGEND, ""]
     for size, results in timed.items():
         if results:
-            lines += size_table(size, bench.native_px, results)
+            lines += size_table(size, bench.native_px, results, args.steps)
     if bench.gpu or args.memory:
         lines += memory_table(bench.native_px, {**timed, **peaks})
     return "\n".join(lines)
@@ -468,15 +542,15 @@ def main(argv=None) -> None:
         print(f"measuring {size} ...", file=sys.stderr, flush=True)
         timed[size] = bench.measure_size(size, methods, deadline)
         if not args.no_write:  # after every size: a run cut short still leaves what it measured
-            write_section(SECTION, report_body(args, bench, timed, peaks), args.output)
+            write_section(SECTIONS[args.model], report_body(args, bench, timed, peaks), args.output)
     if bench.gpu or args.memory:
         for size in args.memory_sizes:
             print(f"peak memory at {size} ...", file=sys.stderr, flush=True)
             peaks[size] = bench.peak_only(size, methods)
     body = report_body(args, bench, timed, peaks)
-    print(f"{SECTION}\n\n{body}")
+    print(f"{SECTIONS[args.model]}\n\n{body}")
     if not args.no_write:
-        write_section(SECTION, body, args.output)
+        write_section(SECTIONS[args.model], body, args.output)
         print(f"written to {args.output}", file=sys.stderr)
 
 

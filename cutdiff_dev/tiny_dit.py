@@ -212,15 +212,17 @@ def context_conds(context_dim: int, seed: int = 0, batch: int = 1, tokens: int =
     return cond(), cond()
 
 
-def flux_conds(seed: int = 0, batch: int = 1, tokens: int = 6, guidance: float = 3.5):
-    """(positive, negative) Flux CONDITIONING: T5-like context, CLIP-like pooled vector, guidance."""
+def flux_conds(seed: int = 0, batch: int = 1, tokens: int = 6, guidance: float = 3.5,
+               context_dim: int = FLUX_CONTEXT_DIM, pooled_dim: int = FLUX_POOLED_DIM):
+    """(positive, negative) Flux CONDITIONING: T5-like context, CLIP-like pooled vector, guidance
+    (the tiny model's widths unless told: Flux.1's are 4096 and 768)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
 
     def cond():
-        return [[torch.randn(batch, tokens, FLUX_CONTEXT_DIM, generator=gen),
-                 {"pooled_output": torch.randn(batch, FLUX_POOLED_DIM, generator=gen), "guidance": guidance}]]
+        return [[torch.randn(batch, tokens, context_dim, generator=gen),
+                 {"pooled_output": torch.randn(batch, pooled_dim, generator=gen), "guidance": guidance}]]
 
     return cond(), cond()
 
