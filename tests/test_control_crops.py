@@ -17,7 +17,7 @@ import comfy.utils
 import nodes
 
 from cutdiff_dev import comfy_runtime as rt
-from helpers import reference_windows, sample_traced, schedule, tiny_controlnet
+from helpers import reference_windows, run_cut, sample_traced, schedule, tiny_controlnet
 
 from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion
 
@@ -51,7 +51,8 @@ def apply_control(conds, control_net, hint):
 
 def run(model, conds, latent, **config):
     report = RunReport()
-    patched = apply_cutdiffusion(model, CutDiffusionConfig(layout="patches", patch_size=PATCH, **config), report)
+    patched = apply_cutdiffusion(model, CutDiffusionConfig(**{"layout": "patches", "patch_size": PATCH, **config}),
+                                 report)
     samples, trace = sample_traced(patched, 5, STEPS, 5.0, "euler", "normal", conds, latent)
     return samples, trace, report
 
@@ -184,3 +185,45 @@ def test_chained_controlnets_each_see_their_crop(model, conds):
     for calls, hint in ((first_calls, first_hint), (second_calls, second_hint)):
         places = check_stage2_hints(model, trace, report, calls.calls, full_size(hint, latent))
         assert len(places) == windows
+
+
+def hint_place(item_hint, full):
+    """(y, x) in latent px: where `full` [3, H, W], rolled, starts with `item_hint` [3, h, w]."""
+    blocks = F.unfold(full[None], SCALE, stride=SCALE)[0]          # [3 * 8 * 8, H/8 * W/8]
+    corner = item_hint[:, :SCALE, :SCALE].reshape(-1, 1)
+    matches = (blocks == corner).all(0).nonzero().flatten().tolist()
+    assert len(matches) == 1, matches                               # random hints: one place
+    y, x = divmod(matches[0], full.shape[-1] // SCALE)
+    h, w = item_hint.shape[-2:]
+    assert torch.equal(item_hint, torch.roll(full, (-y * SCALE, -x * SCALE), (-2, -1))[:, :h, :w])
+    return y, x
+
+
+def test_native_first_layout_pass_sees_the_whole_hint_and_the_tiles_their_crops(model, conds):
+    """The default layout with a ControlNet: the layout pass (native area, ComfyUI's own sampling)
+    sees the whole hint at its size; at the target size each shifted tile sees its rolled crop of
+    the full-size hint, and the guidance patches the whole hint at patch size."""
+    latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
+    control_net, hint = tiny_controlnet(model), hints(seed=7)
+    calls = ControlCalls(control_net)
+    try:
+        _, report = run_cut(model, latent, seed=5, steps=STEPS, conds=apply_control(conds, control_net, hint),
+                            patch_size=PATCH, layout="native first")
+    finally:
+        calls.close()
+    first, plan = report.layout, report.plan
+    assert (first.height, first.width) == (NATIVE, NATIVE) and plan.global_guidance
+    layout_calls, target_calls = calls.calls[:first.steps], calls.calls[first.steps:]
+    whole = comfy.utils.common_upscale(hint, PATCH, PATCH, "nearest-exact", "center")[0]   # layout size = patch size
+    for _, x, layout_hint in layout_calls:
+        assert x.shape == (2, 4, NATIVE, NATIVE)
+        assert all(torch.equal(item, whole) for item in layout_hint)
+    tiles = [c for c in target_calls if c[2].shape[0] > 1]      # one hint per tile item
+    guides = [c for c in target_calls if c[2].shape[0] == 1]    # the stage-1 patches: one hint, broadcast
+    assert len(tiles) == len(guides) == plan.stage2_steps == STEPS - first.refine_from
+    full = full_size(hint, latent)[0]
+    for (_, x, tile_hints), (_, _, guide_hint) in zip(tiles, guides):
+        places = {hint_place(item, full) for item in tile_hints}
+        assert x.shape[0] == 8 and len(places) == 4             # 4 tiles x cond/uncond, each its own crop
+        assert len({(y % NATIVE, x0 % NATIVE) for y, x0 in places}) == 1   # one shift moves them all
+        assert torch.equal(guide_hint[0], whole)
