@@ -490,8 +490,9 @@ def parse_args(argv=None):
     p.add_argument("--memory-sizes", default="",
                    help="comma list of further sizes measured for peak memory only (one short run per method)")
     p.add_argument("--budget-s", type=float, default=0.0,
-                   help="wall-time budget of the whole run in seconds (0 = none): a size whose runs would not "
-                        "fit gets fewer steps (said in its table), or is skipped")
+                   help="wall-time budget of the whole run in seconds (0 = none), shared equally by the sizes "
+                        "still to measure: a size whose runs would not fit gets fewer steps (said in its table), "
+                        "or is skipped")
     p.add_argument("--cpu", action="store_true", help="run the CPU benchmark even where CUDA is available")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="measure CPU peak memory (one more, profiled run per method and size)")
@@ -538,9 +539,13 @@ def main(argv=None) -> None:
     bench = Bench(args)
     methods = [m for m in all_methods() if m.key in args.methods]
     timed, peaks = {}, {}
-    for size in args.sizes:
+    for index, size in enumerate(args.sizes):
         print(f"measuring {size} ...", file=sys.stderr, flush=True)
-        timed[size] = bench.measure_size(size, methods, deadline)
+        # An equal share of what is left for each size still to come: a slow first size cannot
+        # take the time of the later ones (what a size leaves unused passes on).
+        share = None if deadline is None else time.perf_counter() + (deadline - time.perf_counter()) / (
+            len(args.sizes) - index)
+        timed[size] = bench.measure_size(size, methods, share)
         if not args.no_write:  # after every size: a run cut short still leaves what it measured
             write_section(SECTIONS[args.model], report_body(args, bench, timed, peaks), args.output)
     if bench.gpu or args.memory:
