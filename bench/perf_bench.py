@@ -73,7 +73,7 @@ FLUX_DEV = {
     "vec_in_dim": 768, "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24,
     "depth": 19, "depth_single_blocks": 38, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
 }
-FLUX_T5_TOKENS = 512  # Flux.1-dev's T5 sequence length in ComfyUI
+FLUX_T5_TOKENS = 256  # ComfyUI pads a Flux prompt's T5 tokens to at least 256 (a short prompt)
 
 
 @dataclass(frozen=True)
