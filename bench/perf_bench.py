@@ -34,7 +34,6 @@ A forward pass costs the same whatever the weights are, so random weights time l
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import math
 import os
@@ -282,17 +281,14 @@ def full_size_model(family: str, unet_config: dict, dtype):
     """A full-size model of a family (comfy.supported_models / comfy.model_base class name) with
     random weights, made directly on the GPU: normal_ on the device avoids building billions of
     parameters on the host."""
-    import comfy.ldm.flux.model
     import comfy.model_base
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
 
-    unet_config = dict(unet_config)
-    flux_fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
-    if unet_config.get("image_model") == "flux" and "txt_ids_dims" in flux_fields:
-        unet_config["txt_ids_dims"] = []  # newer ComfyUI requires it; [] for Flux.1
-    config = getattr(comfy.supported_models, family)(unet_config)
+    if unet_config.get("image_model") == "flux":
+        unet_config = td.flux1_config(unet_config)
+    config = getattr(comfy.supported_models, family)(dict(unet_config))
     config.set_inference_dtype(dtype, None)
     device = mm.get_torch_device()
     model = getattr(comfy.model_base, family)(config, device=device)

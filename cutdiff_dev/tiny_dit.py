@@ -38,8 +38,6 @@ FLUX2_LATENT_PX = 16     # px per latent px: the Flux.2 VAE's 8x, 2x2-packed int
 
 
 def _flux_unet_config() -> dict:
-    import comfy.ldm.flux.model
-
     config = {
         "image_model": "flux", "guidance_embed": True,
         "in_channels": 16, "out_channels": 16, "patch_size": 2,
@@ -49,10 +47,16 @@ def _flux_unet_config() -> dict:
         "axes_dim": [8, 12, 12],          # sums to the head dim 64 / 2, as Flux.1's 16+56+56 = 128
         "theta": 10000, "qkv_bias": True,
     }
+    return flux1_config(config)
+
+
+def flux1_config(unet_config: dict) -> dict:
+    """A Flux.1 unet_config as the ComfyUI in use takes it: newer ones (0.33.0) require
+    `txt_ids_dims`, which is [] for Flux.1."""
+    import comfy.ldm.flux.model
+
     fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
-    if "txt_ids_dims" in fields:          # newer ComfyUI (0.33.0): required; [] for Flux.1
-        config["txt_ids_dims"] = []
-    return config
+    return {**unet_config, "txt_ids_dims": []} if "txt_ids_dims" in fields else dict(unet_config)
 
 
 def tiny_flux(seed: int = 0):

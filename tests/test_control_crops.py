@@ -51,8 +51,7 @@ def apply_control(conds, control_net, hint):
 
 def run(model, conds, latent, **config):
     report = RunReport()
-    patched = apply_cutdiffusion(model, CutDiffusionConfig(**{"layout": "patches", "patch_size": PATCH, **config}),
-                                 report)
+    patched = apply_cutdiffusion(model, CutDiffusionConfig(layout="patches", patch_size=PATCH, **config), report)
     samples, trace = sample_traced(patched, 5, STEPS, 5.0, "euler", "normal", conds, latent)
     return samples, trace, report
 
