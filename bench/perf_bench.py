@@ -140,6 +140,8 @@ class Result:
     calls: int = 0              # UNet forward calls: few large batches use a GPU best
     max_batch: int = 0          # largest UNet batch: what the peak memory follows
     walls: list[float] = field(default_factory=list)
+    phases: tuple | None = None  # steps per phase (stage, pass) as run and at the full step count
+    full_walls: list = field(default_factory=list)   # estimated wall times at the full step count
     outside: list[float] = field(default_factory=list)
     peak_mib: float | None = None
 
@@ -152,9 +154,7 @@ class Bench:
         # importing its nodes and executor (which need PyAV & co. and play no part in the timing).
         rt.bootstrap(gpu=self.gpu, executor=False)
         import comfy.utils
-        from cutdiff_core.cutdiffusion_patch import sample
         comfy.utils.set_progress_bar_enabled(False)  # tqdm output and its cost are no part of what we measure
-        self._sample = sample
         self.flux = args.model == "flux-dev"
         self.native_px = 1024 if self.gpu else 256
         if self.flux:
@@ -176,32 +176,73 @@ class Bench:
         (Flux: ModelSamplingFlux for the target size first)."""
         from cutdiff_core.adaptive import AdaptiveConfig
         from cutdiff_core.adaptive_patch import apply_adaptive
-        from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion
+        from cutdiff_core.cutdiffusion_patch import RunReport, apply_cutdiffusion
         model, report = self.model, None
         if self.flux:
             model = with_flux_shift(model, *target_px(size, self.native_px))
         if method.cut is not None:
             report = RunReport()
-            config = CutDiffusionConfig(patch_size=self.native_px, window_stride=self.args.stride,
-                                        window_batch_size=self.args.window_batch, **method.cut)
-            model = apply_cutdiffusion(model, config, report)
+            model = apply_cutdiffusion(model, self.config(method), report)
         if method.adaptive:
             model = apply_adaptive(model, AdaptiveConfig())
         return model, report
 
     def run(self, model, size: str, steps: int) -> float:
-        """One sampling run along KSampler's code path; returns its wall time."""
+        """One sampling run along KSampler's code path (comfy.sample.sample with ComfyUI's noise);
+        returns its wall time, and leaves each step's time in self.step_s (from the sampler's step
+        callback: the run's setup counts to the first step)."""
+        import comfy.sample
+
         width, height = target_px(size, self.native_px)
         pos, neg = self.conds
         a = self.args
+        latent = (td.empty_latent if self.flux else rt.empty_latent)(width, height)["samples"]
+        latent = comfy.sample.fix_empty_latent_channels(model, latent)
+        noise = comfy.sample.prepare_noise(latent, a.seed)
+        step_ends = []
+
+        def step_done(*_):
+            self._sync()
+            step_ends.append(time.perf_counter())
+
         self.meter.reset()
         self._sync()
         start = time.perf_counter()
         with torch.inference_mode():  # as ComfyUI's executor runs nodes
-            self._sample(model, a.seed, steps, a.cfg, a.sampler, a.scheduler, pos, neg,
-                         (td.empty_latent if self.flux else rt.empty_latent)(width, height), 1.0)
+            comfy.sample.sample(model, noise, steps, a.cfg, a.sampler, a.scheduler, pos, neg, latent, denoise=1.0,
+                                callback=step_done, disable_pbar=True, seed=a.seed)
         self._sync()
-        return time.perf_counter() - start
+        end = time.perf_counter()
+        self.step_s = [t1 - t0 for t0, t1 in zip([start, *step_ends], step_ends)]
+        return end - start
+
+    def phase_steps(self, method: Method, size: str, steps: int) -> list[int]:
+        """The steps of each phase of a run, in the order the sampler makes them: direct inference
+        and MultiDiffusion one; the paper's stage 1 and stage 2; native first's layout pass (all
+        steps) and target pass. From the pack's own planning, so it holds for any step count."""
+        import comfy.samplers
+        from cutdiff_core.config import plan_run
+        from cutdiff_core.layout import native_first
+
+        if method.cut is None:
+            return [steps]
+        config = self.config(method)
+        width, height = (px // PX_PER_LATENT for px in target_px(size, self.native_px))
+        native = self.native_px // PX_PER_LATENT
+        if config.layout == "native first":
+            first = native_first(height, width, native, steps, config.layout_denoise)
+            return [steps] if first is None or first.is_whole_run else [first.steps, first.steps - first.refine_from]
+        model = self.patched(Method("direct", "", None), size)[0]
+        sampling = model.get_model_object("model_sampling")
+        sigmas = [float(s) for s in comfy.samplers.calculate_sigmas(sampling, self.args.scheduler, steps)]
+        plan = plan_run(config, height=height, width=width, native_px=self.native_px, sigmas=sigmas,
+                        split_sigma=float(sampling.percent_to_sigma(config.stage_split)))
+        return [n for n in (plan.stage1_steps, plan.stage2_steps) if n]
+
+    def config(self, method: Method):
+        from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig
+        return CutDiffusionConfig(patch_size=self.native_px, window_stride=self.args.stride,
+                                  window_batch_size=self.args.window_batch, **method.cut)
 
     def measure_size(self, size: str, methods: list[Method], deadline: float | None = None) -> list[Result]:
         """Time every method at one size. With a `deadline` (perf_counter seconds), the step count
@@ -228,6 +269,9 @@ class Bench:
                 print(f"  {size}: {steps} steps to fit the budget", file=sys.stderr, flush=True)
         for result in results:
             result.steps = steps
+            if steps < a.steps:
+                result.phases = (self.phase_steps(result.method, size, steps),
+                                 self.phase_steps(result.method, size, a.steps))
         for repeat in range(a.repeats):
             for result, (model, report) in zip(results, models):
                 if self.gpu and repeat == 0:
@@ -235,6 +279,8 @@ class Bench:
                 else:
                     wall = self.run(model, size, steps)
                 result.walls.append(wall)
+                if result.phases:
+                    result.full_walls.append(full_run_estimate(wall, self.step_s, *result.phases))
                 print(f"  {size} {result.method.label}: {wall:.2f} s, {self.meter.images} UNet images",
                       file=sys.stderr, flush=True)
                 result.outside.append(max(0.0, wall - self.meter.inside_s) / wall)
@@ -258,6 +304,19 @@ class Bench:
                 result.peak_mib = cpu_peak_mib(lambda: self.run(model, size, WARMUP_STEPS))
             results.append(result)
         return results
+
+
+def full_run_estimate(wall: float, step_s: list[float], run_phases: list[int], full_phases: list[int]) -> float | None:
+    """The wall time a run would take with its phases at their full step counts: the measured wall
+    plus each phase's missing steps at that phase's median step time (a step costs the same within
+    a phase: same views, same batches). None where the steps do not match the phases."""
+    if sum(run_phases) != len(step_s) or len(run_phases) != len(full_phases):
+        return None
+    estimate, start = wall, 0
+    for ran, full in zip(run_phases, full_phases):
+        estimate += (full - ran) * statistics.median(step_s[start:start + ran])
+        start += ran
+    return estimate
 
 
 def cfg_halves(cfg: float) -> int:
@@ -408,10 +467,12 @@ def size_table(size: str, native_px: int, results: list[Result], full_steps: int
     scaled = steps < full_steps  # a budget cut the steps: also say what the full count would take
     lines = [f"### {width}x{height} px ({size}{' area' if size != 'pano' else ''}), {steps} steps", ""]
     if scaled:
-        lines += [f"{steps} of {full_steps} steps fitted the time budget; \"s at {full_steps}\" scales each wall time "
-                  f"by {full_steps}/{steps} (a step costs the same within a stage, and an even step count keeps "
-                  f"stage_split 0.5's share; native first re-runs round(0.3 x steps) steps at the target size, "
-                  f"{round(0.3 * steps)} of {steps} here against {round(0.3 * full_steps)} of {full_steps})", ""]
+        lines += [f"{steps} of {full_steps} steps fitted the time budget; \"s at {full_steps}\" adds to each measured "
+                  f"wall time the steps it lacks, each phase's (stage 1 / stage 2, layout / target pass) at that "
+                  f"phase's median step time in this run (a step costs the same within a phase: same views, same "
+                  f"batches). Phases' steps as run -> at {full_steps}: "
+                  + "; ".join(f"{r.method.label} {'+'.join(map(str, r.phases[0]))} -> {'+'.join(map(str, r.phases[1]))}"
+                              for r in results if r.phases), ""]
     lines += ["| method | UNet evals / image | plan | UNet calls | max batch | wall s "
               + (f"| s at {full_steps} (est.) " if scaled else "")
               + "| time vs MD | evals vs MD | plan evals vs MD | time vs evals | outside UNet | peak MiB |",
@@ -424,7 +485,8 @@ def size_table(size: str, native_px: int, results: list[Result], full_steps: int
         plan_ratio = r.plan_evals / base.plan_evals if base and tiled else None
         excess = time_ratio / eval_ratio - 1 if eval_ratio else None
         mismatch = " (!)" if not r.method.adaptive and r.evals != r.plan_evals else ""
-        estimate = f"| {wall * full_steps / steps:.1f} " if scaled else ""
+        full = [w for w in r.full_walls if w is not None]
+        estimate = f"| {_fmt(statistics.median(full) if full else None, '.1f')} " if scaled else ""
         lines.append(
             f"| {r.method.label} | {r.evals}{mismatch} | {r.plan_evals} | {r.calls} | {r.max_batch} | {wall:.2f} "
             f"{estimate}| {_fmt(time_ratio, '.3f')} | {_fmt(eval_ratio, '.3f')} | {_fmt(plan_ratio, '.3f')} "
