@@ -171,15 +171,17 @@ class Bench:
         self._sync = torch.cuda.synchronize if self.gpu else (lambda: None)
         self.meter = UNetMeter(self.model, self._sync)
 
+    def base_model(self, size: str):
+        """The model as a workflow loads it for a target size (Flux: with ModelSamplingFlux's shift)."""
+        return with_flux_shift(self.model, *target_px(size, self.native_px)) if self.flux else self.model
+
     def patched(self, method: Method, size: str):
         """(model, CutDiffusion RunReport or None) for a method, patched as a user's graph would be
         (Flux: ModelSamplingFlux for the target size first)."""
         from cutdiff_core.adaptive import AdaptiveConfig
         from cutdiff_core.adaptive_patch import apply_adaptive
         from cutdiff_core.cutdiffusion_patch import RunReport, apply_cutdiffusion
-        model, report = self.model, None
-        if self.flux:
-            model = with_flux_shift(model, *target_px(size, self.native_px))
+        model, report = self.base_model(size), None
         if method.cut is not None:
             report = RunReport()
             model = apply_cutdiffusion(model, self.config(method), report)
@@ -232,8 +234,7 @@ class Bench:
         if config.layout == "native first":
             first = native_first(height, width, native, steps, config.layout_denoise)
             return [steps] if first is None or first.is_whole_run else [first.steps, first.steps - first.refine_from]
-        model = self.patched(Method("direct", "", None), size)[0]
-        sampling = model.get_model_object("model_sampling")
+        sampling = self.base_model(size).get_model_object("model_sampling")
         sigmas = [float(s) for s in comfy.samplers.calculate_sigmas(sampling, self.args.scheduler, steps)]
         plan = plan_run(config, height=height, width=width, native_px=self.native_px, sigmas=sigmas,
                         split_sigma=float(sampling.percent_to_sigma(config.stage_split)))
