@@ -260,8 +260,6 @@ class Bench:
             runs = a.repeats + (0 if self.gpu or not a.memory else 1)
             # The warm-up includes one-off costs (kernel selection, allocator growth), so this errs short.
             steps = min(steps, int(0.9 * (deadline - time.perf_counter()) / (runs * per_step)))
-            if steps < a.steps:
-                steps -= steps % 2  # even: stage_split 0.5 keeps its exact share of the steps
             if steps < 2:
                 print(f"  {size}: skipped, {per_step:.1f} s per step of all methods does not fit the budget",
                       file=sys.stderr, flush=True)
