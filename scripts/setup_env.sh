@@ -11,7 +11,14 @@
 # switching between ComfyUIs never rebuilds the other's), with the same torch as .venv and that
 # folder's own requirements.txt. The folder itself is used in place and never written to.
 #
-# CUTDIFF_VENV overrides the venv path in both cases.
+# torch and torchvision with what they pull in (CUDA libraries: about 5.6 GB, most of a runtime)
+# are installed once, into .venv-torch-<version>, which every venv puts on its path with a .pth
+# file; each venv holds only ComfyUI and its other requirements (about 1 GB). CI's two runtimes
+# then need about 8 GB of disk, not 13. pip in a venv sees the shared packages as installed and
+# never removes them (they are outside the venv); a requirement asking for another version of one
+# installs that version into the venv, where it comes first on the path.
+#
+# CUTDIFF_VENV overrides the venv path in both cases, CUTDIFF_TORCH_LAYER the shared folder.
 # `setup_env.sh --print-venv` prints the venv path these settings select and exits (test.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,7 +46,8 @@ if [ -n "${CUTDIFF_COMFYUI:-}" ]; then
 else
   VENV="${CUTDIFF_VENV:-$ROOT/.venv}"
 fi
-STAMP="$VENV/.cutdiff-ready-v1"
+STAMP="$VENV/.cutdiff-ready-v2"
+TORCH_LAYER="${CUTDIFF_TORCH_LAYER:-$ROOT/.venv-torch-${TORCH_PINS[0]#torch==}}"
 
 if [ "${1:-}" = "--print-venv" ]; then
   echo "$VENV"
@@ -52,8 +60,16 @@ fi
 ensure_browser_tools() {
   if { [ ! -x /usr/lib/chromium/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$(id -u)" = 0 ]; then
     echo "[setup] installing chromium + chromium-driver (Debian)"
+    # The .deb files go to a folder of our own, removed afterwards: the machine's apt cache is
+    # left as it was, and the packages' ~130 MB are not kept twice.
+    local debs
+    debs="$(mktemp -d)"
+    mkdir -p "$debs/partial"
+    chmod 755 "$debs" && chown _apt "$debs/partial" 2>/dev/null || true  # apt downloads as _apt
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        chromium chromium-driver fonts-liberation >/dev/null; } || echo "[setup] chromium not installed: browser tests will skip"
+        -o Dir::Cache::Archives="$debs" chromium chromium-driver fonts-liberation >/dev/null; } \
+      || echo "[setup] chromium not installed: browser tests will skip"
+    rm -rf "$debs"
   fi
   if ! "$VENV/bin/python" -c "import selenium" 2>/dev/null; then
     echo "[setup] installing selenium"
@@ -69,6 +85,52 @@ link_repository() {
   local site
   site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   echo "$ROOT" > "$site/cutdiffusion-dev.pth"
+}
+
+# Free megabytes and mount point of the disk that holds (or will hold) a path.
+disk_of() {
+  local d="$1"
+  while [ ! -d "$d" ]; do d="$(dirname "$d")"; done
+  df -Pm "$d" | awk 'NR == 2 { print $4, $6 }'
+}
+
+# Refuses before pip starts, not with pip's "No space left on device" halfway through an install.
+require_free_space() {  # megabytes needed, what for, the path it goes to
+  local avail mount
+  read -r avail mount <<< "$(disk_of "$3")"
+  if [ -n "$avail" ] && [ "$avail" -lt "$1" ]; then
+    echo "[setup] not enough disk for $2: about $1 MB needed, $mount has $avail MB free." >&2
+    echo "[setup] Free some space, or set CUTDIFF_TORCH_LAYER / CUTDIFF_VENV to folders on a disk with room." >&2
+    exit 2
+  fi
+}
+
+# The shared torch folder (see the top). Built in a temporary folder beside it and renamed when
+# complete, so an interrupted install is never mistaken for a finished one.
+LAYER_MB=5700  # measured: 5,559 MB
+VENV_MB=1600   # measured: 821 MB (ComfyUI 0.3.75), 1,487 MB (0.33.0)
+layer_ready() { [ -f "$TORCH_LAYER/.cutdiff-ready" ]; }
+ensure_torch_layer() {
+  layer_ready && return 0
+  require_free_space "$LAYER_MB" "torch (${TORCH_PINS[*]}, into $TORCH_LAYER)" "$TORCH_LAYER"
+  echo "[setup] installing ${TORCH_PINS[*]} into $TORCH_LAYER (shared by this project's venvs)"
+  local partial
+  partial="$(mktemp -d "$TORCH_LAYER.partial-XXXXXX")"
+  # No pip cache: on a machine whose local index lacks the CUDA libraries pip downloads them
+  # (3 GB), and a cached copy would only double that on disk.
+  "$VENV/bin/python" -m pip install --quiet --progress-bar off --no-cache-dir --target "$partial" \
+    "${TORCH_PINS[@]}"
+  touch "$partial/.cutdiff-ready"
+  rm -rf "$TORCH_LAYER"
+  mv "$partial" "$TORCH_LAYER"
+}
+
+# The venv's path gets the shared torch folder after its own site-packages, so a package the venv
+# installs itself shadows the shared one.
+link_torch_layer() {
+  local site
+  site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  echo "$TORCH_LAYER" > "$site/cutdiffusion-torch.pth"
 }
 
 # ComfyUI's requirements.txt minus comments, blank lines and the torch family (pinned above).
@@ -89,19 +151,27 @@ if [ -f "$STAMP" ]; then
     echo "$EXT_COMFY" > "$VENV/comfyui-path.txt"
   fi
   echo "[setup] reusing $VENV"
+  ensure_torch_layer
+  link_torch_layer
   link_repository
   ensure_browser_tools
   exit 0
 fi
 
+if ! layer_ready && [ "$(disk_of "$VENV" | cut -d' ' -f2)" = "$(disk_of "$TORCH_LAYER" | cut -d' ' -f2)" ]; then
+  require_free_space "$((VENV_MB + LAYER_MB))" "the venv $VENV and the shared torch folder $TORCH_LAYER" "$VENV"
+else
+  require_free_space "$VENV_MB" "the venv $VENV" "$VENV"
+fi
 echo "[setup] creating $VENV with $($PY --version)"
-"$PY" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip"
+# --clear: an older venv there (no stamp, or one from before the shared torch folder) is replaced.
+"$PY" -m venv --clear "$VENV"
+PIP="$VENV/bin/python -m pip --no-cache-dir"
 $PIP install --quiet --progress-bar off --upgrade pip wheel
 
-# torch first, pinned: the CPU-capable wheels this machine kind serves quickly.
-echo "[setup] installing torch"
-$PIP install --quiet --progress-bar off "${TORCH_PINS[@]}"
+# torch first, pinned, so nothing below resolves another one.
+ensure_torch_layer
+link_torch_layer
 
 if [ -z "$EXT_COMFY" ]; then
   # torchaudio is left out on purpose: ComfyUI 0.3.75 only drops its audio nodes without it.
