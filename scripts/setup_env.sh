@@ -81,11 +81,8 @@ ensure_browser_tools() {
 # and scripts import the core, the demo and the development harness (cutdiff_core, cutdiff_demo,
 # cutdiff_dev) by those names, without editing sys.path. Rewritten on every run, so a venv
 # follows the clone that last set it up.
-link_repository() {
-  local site
-  site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  echo "$ROOT" > "$site/cutdiffusion-dev.pth"
-}
+venv_site() { "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+link_repository() { echo "$ROOT" > "$(venv_site)/cutdiffusion-dev.pth"; }
 
 # Free megabytes and mount point of the disk that holds (or will hold) a path.
 disk_of() {
@@ -105,13 +102,17 @@ require_free_space() {  # megabytes needed, what for, the path it goes to
   fi
 }
 
-# The shared torch folder (see the top). Built in a temporary folder beside it and renamed when
-# complete, so an interrupted install is never mistaken for a finished one.
+# The shared torch folder (see the top), on the venv's path after its own site-packages, so a
+# package the venv installs itself shadows the shared one. The folder is built in a temporary one
+# beside it and renamed when complete, so an interrupted install is never mistaken for a finished one.
 LAYER_MB=5700  # measured: 5,559 MB
 VENV_MB=1600   # measured: 821 MB (ComfyUI 0.3.75), 1,487 MB (0.33.0)
 layer_ready() { [ -f "$TORCH_LAYER/.cutdiff-ready" ]; }
-ensure_torch_layer() {
-  layer_ready && return 0
+use_torch_layer() {
+  layer_ready || install_torch_layer
+  echo "$TORCH_LAYER" > "$(venv_site)/cutdiffusion-torch.pth"
+}
+install_torch_layer() {
   require_free_space "$LAYER_MB" "torch (${TORCH_PINS[*]}, into $TORCH_LAYER)" "$TORCH_LAYER"
   echo "[setup] installing ${TORCH_PINS[*]} into $TORCH_LAYER (shared by this project's venvs)"
   local partial
@@ -123,14 +124,6 @@ ensure_torch_layer() {
   touch "$partial/.cutdiff-ready"
   rm -rf "$TORCH_LAYER"
   mv "$partial" "$TORCH_LAYER"
-}
-
-# The venv's path gets the shared torch folder after its own site-packages, so a package the venv
-# installs itself shadows the shared one.
-link_torch_layer() {
-  local site
-  site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  echo "$TORCH_LAYER" > "$site/cutdiffusion-torch.pth"
 }
 
 # ComfyUI's requirements.txt minus comments, blank lines and the torch family (pinned above).
@@ -151,8 +144,7 @@ if [ -f "$STAMP" ]; then
     echo "$EXT_COMFY" > "$VENV/comfyui-path.txt"
   fi
   echo "[setup] reusing $VENV"
-  ensure_torch_layer
-  link_torch_layer
+  use_torch_layer
   link_repository
   ensure_browser_tools
   exit 0
@@ -170,8 +162,7 @@ PIP="$VENV/bin/python -m pip --no-cache-dir"
 $PIP install --quiet --progress-bar off --upgrade pip wheel
 
 # torch first, pinned, so nothing below resolves another one.
-ensure_torch_layer
-link_torch_layer
+use_torch_layer
 
 if [ -z "$EXT_COMFY" ]; then
   # torchaudio is left out on purpose: ComfyUI 0.3.75 only drops its audio nodes without it.
