@@ -384,7 +384,7 @@ def main() -> None:
         f"native-size samples: {sample_std:.2f}). SDXL's latents are scaled to unit standard deviation, as Latent "
         "Diffusion rescales its latents, and both models use the same discrete noise schedule, so the signal-to-noise "
         "ratio at a given stage_split is std² / sigma² here against 1 / sigma² on SDXL.", "", *lines4, "",
-        f"### 5. Do the windows know they are crops?", "",
+        "### 5. Do the windows know they are crops?", "",
         f"A stage-2 window of a {canvas_px} px image is a native-size image conditioned on original = target = "
         f"{canvas_px} px and crop = its offset, as 20% of the training samples were. Native-size samples with that "
         "conditioning and no CutDiffusion (64 per row, the seeds above), against the training data "

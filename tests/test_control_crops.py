@@ -9,7 +9,6 @@ the sampler evaluated at that step (ComfyUI's step callback), scaled by the mode
 ControlNet scales its input, is searched (circularly, for shifted tiles) for the window the
 ControlNet saw, in every image of the batch.
 """
-import pytest
 import torch
 import torch.nn.functional as F
 
