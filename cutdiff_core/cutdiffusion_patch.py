@@ -217,8 +217,7 @@ class CutDiffusionPatch:
                                 "only window refinement; raise denoise or set min_stage1_steps for stage 1")
             log.warning("CutDiffusion: %s", report.notes[-1])
         log.info("CutDiffusion: %s", plan.summary())
-        run = RunState(plan, int(seed or 0), report, sigma_list, guidance=cfg.global_guidance,
-                       guide_coarse_only=first is not None)
+        run = RunState(plan, int(seed or 0), report, sigma_list, guidance=cfg.global_guidance)
         stride = window_stride_latent(cfg, self.native_px, self.latent_px)
         run.window_weights = make_weights(cfg.window_weights, plan.layout.win_h - stride, plan.layout.win_w - stride)
         return run
@@ -293,7 +292,7 @@ class CutDiffusionPatch:
         if run.plan.global_guidance:
             weight = global_guidance_weight(run.guidance, run.eval_step - run.plan.stage1_steps,
                                             run.plan.stage2_steps)
-            if run.guide_coarse_only:
+            if run.layout_anchor is not None:   # native first: the patches guide by their block means only
                 grid = run.plan.grid
                 predictions = guide_low_frequencies(predictions, call.stage1(x_in), weight, grid.rows, grid.cols)
             else:

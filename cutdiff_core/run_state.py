@@ -49,7 +49,6 @@ class RunState:
     report: RunReport
     sigmas: list[float]
     guidance: float = 0.0               # global guidance strength of this run's stage 2
-    guide_coarse_only: bool = False     # guidance by the patches' block means only (native first)
     layout_anchor: torch.Tensor | None = None      # native first: the upscaled layout, in model space
     anchor_size: tuple[int, int] = (1, 1)          # the size its coarse structure is taken at
     steps: StepCounter = field(default_factory=StepCounter)
