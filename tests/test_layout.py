@@ -3,6 +3,7 @@ the tail of the same schedule. Checked against an independent composition of Com
 sampling calls, and where it must not apply (native size, img2img, saved prompts without it)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import comfy.sample
 import comfy.samplers
@@ -117,6 +118,46 @@ def test_layout_guidance_runs_the_patches_on_square_grids_only(model, conds):
                           layout_guidance=0.0)
     assert torch.equal(guided, unguided)
 
+
+
+def _outside_span(image: torch.Tensor, operator, size: tuple[int, int]) -> float:
+    """How far each channel of `image` [C, H, W] is from every `operator(q)` with q of `size`
+    (least squares over a basis of q), relative to the image's norm."""
+    n = size[0] * size[1]
+    span = operator(torch.eye(n, dtype=torch.float64).reshape(n, 1, *size)).reshape(n, -1).T
+    target = image.reshape(image.shape[0], -1).T.double()
+    fit = span @ torch.linalg.lstsq(span, target).solution
+    return float((fit - target).norm() / target.norm())
+
+
+def test_layout_guidance_moves_only_what_the_patches_agree_on(model, conds):
+    """Under native first the patches replace only the tiles' block means (one element per patch,
+    interpolated back), not their detail. In a one-step target pass the output is that step's
+    prediction, and the step's input does not depend on the guidance, so guided - unguided is a
+    block-scale image (latent / grid) passed through the layout anchor (which takes each
+    prediction's structure at half the layout size from the layout): exactly in that operator's
+    span, where a full-band difference is far from it."""
+    latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
+    args = dict(seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first", layout_denoise=0.1)
+    guided, report = run_cut(model, latent, layout_guidance=1.0, **args)
+    unguided, _ = run_cut(model, latent, layout_guidance=0.0, **args)
+    plan = report.plan
+    assert plan.steps == 1 and plan.global_guidance and (plan.grid.rows, plan.grid.cols) == (2, 2)
+    difference = (guided - unguided)[0]
+    assert difference.abs().max() > 1e-2                      # the guidance does move the image
+    height, width = difference.shape[-2:]
+    anchor_hw = (report.layout.height // 2, report.layout.width // 2)
+
+    def through_anchor(x):                                    # p -> p - coarse(p): the anchor's part in p
+        return x - F.interpolate(F.interpolate(x, size=anchor_hw, mode="area"), size=x.shape[-2:], mode="bicubic")
+
+    def block_scale(q):
+        return through_anchor(F.interpolate(q, size=(height, width), mode="bicubic"))
+
+    block_hw = (height // plan.grid.rows, width // plan.grid.cols)
+    assert _outside_span(difference, block_scale, block_hw) < 0.01            # measured 5e-4
+    full_band = torch.randn(1, *difference.shape, generator=torch.Generator().manual_seed(0))
+    assert _outside_span(through_anchor(full_band)[0], block_scale, block_hw) > 0.5   # measured 0.88
 
 def test_native_first_at_native_size_is_ksampler(model, conds):
     latent = rt.empty_latent(PATCH, PATCH)
