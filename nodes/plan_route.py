@@ -20,7 +20,7 @@ import comfy.samplers
 
 from ..cutdiff_core.config import (SETTINGS, CutDiffusionConfig, Setting, plan_native_first_pass, plan_run,
                                    validate_config, validate_stride, window_stride_latent)
-from ..cutdiff_core.layout import native_first
+from ..cutdiff_core.layout import is_full_noise, native_first
 from ..cutdiff_core.plan import EVALUATIONS_PER_STEP, LATENT_SCALE, window_layout
 from ..cutdiff_demo.model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
 
@@ -116,8 +116,9 @@ def preview_plan(params: dict) -> dict:
     native, stride = native_px // LATENT_SCALE, window_stride_latent(config, native_px)
     height, width = height_px // LATENT_SCALE, width_px // LATENT_SCALE
     sigmas = preview_sigmas(scheduler, sampler_name, steps, denoise)
+    # The run's own test on the same sigmas: ddim_uniform starts below sigma_max, so it counts as img2img there too.
     first = (native_first(height, width, native, len(sigmas) - 1, config.layout_denoise)
-             if config.layout == "native first" and denoise > 0.9999 and len(sigmas) >= 3 else None)
+             if config.layout == "native first" and is_full_noise(sigmas, float(_DISCRETE.sigma_max)) else None)
     plan_args = dict(height=height, width=width, native_px=native_px,
                      sigmas=sigmas[first.refine_from:] if first else sigmas,
                      split_sigma=float(_DISCRETE.percent_to_sigma(config.stage_split)))

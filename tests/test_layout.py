@@ -199,3 +199,21 @@ def test_preview_counts_the_layout_pass():
     panorama = preview_plan({"width": 4096, "height": 2048, "steps": 50})   # 2x4 grid: no layout guidance
     assert (panorama["layout"]["w"], panorama["layout"]["h"]) == (1448, 728)
     assert panorama["evaluations_per_image"] == 50 + 15 * 8 == 170
+
+
+def test_preview_and_run_agree_on_the_layout_pass_for_every_scheduler(model, conds):
+    """Whether a text-to-image run gets the layout pass is decided on its sigmas (do they start at
+    the model's highest noise?); the preview decides it on the same sigmas. ddim_uniform starts
+    below it, so both read it as img2img and use the paper's layout."""
+    from comfyui_cutdiffusion.nodes.plan_route import preview_plan
+    latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
+    seen = {}
+    for scheduler in comfy.samplers.KSampler.SCHEDULERS:
+        _, report = run_cut(model, latent, seed=1, steps=4, conds=conds, scheduler=scheduler, patch_size=PATCH,
+                            layout="native first")
+        preview = preview_plan({"width": 2 * PATCH, "height": 2 * PATCH, "steps": 4, "scheduler": scheduler,
+                                "patch_size": PATCH})
+        seen[scheduler] = report.layout is not None
+        assert (preview["layout"] is not None) == seen[scheduler], scheduler
+    assert not seen["ddim_uniform"] and seen["normal"] and seen["karras"]
+
