@@ -115,8 +115,8 @@ use_torch_layer() {
 install_torch_layer() {
   require_free_space "$LAYER_MB" "torch (${TORCH_PINS[*]}, into $TORCH_LAYER)" "$TORCH_LAYER"
   echo "[setup] installing ${TORCH_PINS[*]} into $TORCH_LAYER (shared by this project's venvs)"
-  local partial
-  partial="$(mktemp -d "$TORCH_LAYER.partial-XXXXXX")"
+  local partial="$TORCH_LAYER.partial"   # one name: an interrupted install's leftovers go first
+  rm -rf "$partial"
   # No pip cache: on a machine whose local index lacks the CUDA libraries pip downloads them
   # (3 GB), and a cached copy would only double that on disk.
   "$VENV/bin/python" -m pip install --quiet --progress-bar off --no-cache-dir --target "$partial" \
