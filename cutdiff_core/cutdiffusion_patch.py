@@ -47,6 +47,9 @@ log = logging.getLogger("cutdiffusion")
 
 WRAPPER_KEY = "cutdiffusion"
 RUN_KEY = "cutdiffusion_run"
+# Set by sample() (the KSampler node) on a run at denoise 1: its sigmas are the scheduler's whole
+# schedule, text-to-image, even where that schedule starts below sigma_max (ddim_uniform).
+FULL_SCHEDULE_KEY = "cutdiffusion_full_schedule"
 
 
 def cutdiffusion_stage(model_options: dict, timestep: torch.Tensor) -> int | None:
@@ -149,7 +152,8 @@ class CutDiffusionPatch:
         if self.config.layout != "native first" or denoise_mask is not None:
             return None
         sigma_max = float(guider.model_patcher.get_model_object("model_sampling").sigma_max)
-        if not is_full_noise(sigmas, sigma_max):
+        whole_schedule = bool(run_of(guider.model_options, FULL_SCHEDULE_KEY))
+        if not is_full_noise(sigmas, sigma_max, whole_schedule):
             return None
         native = self.native_px // self.latent_px
         return native_first(noise.shape[-2], noise.shape[-1], native, len(sigmas) - 1, self.config.layout_denoise)
@@ -383,6 +387,9 @@ def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, schedule
     """KSampler's sampling (ComfyUI's noise, preview callback, progress bar) on a given MODEL."""
     import latent_preview  # ComfyUI's top-level module; only there inside a ComfyUI process
 
+    if denoise > 0.9999:   # KSampler's own test for its whole schedule
+        model = model.clone()
+        model.model_options.setdefault("transformer_options", {})[FULL_SCHEDULE_KEY] = True
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     callback = latent_preview.prepare_callback(model, steps)

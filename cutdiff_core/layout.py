@@ -72,7 +72,9 @@ def upscale(latent: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(latent, size=(height, width), mode="bicubic")
 
 
-def is_full_noise(sigmas, sigma_max: float) -> bool:
-    """A run from pure noise to the end (text-to-image), not img2img or a segment of a schedule."""
-    return len(sigmas) >= 3 and float(sigmas[-1]) <= 0.0 and math.isclose(float(sigmas[0]), sigma_max,
-                                                                          rel_tol=1e-3)
+def is_full_noise(sigmas, sigma_max: float, whole_schedule: bool = False) -> bool:
+    """A run from pure noise to the end (text-to-image), not img2img or a segment of a schedule:
+    it ends at zero noise and starts at the model's highest, or the caller knows `sigmas` are a
+    scheduler's whole schedule (KSampler at denoise 1; ddim_uniform's starts below sigma_max)."""
+    starts_at_the_top = whole_schedule or math.isclose(float(sigmas[0]), sigma_max, rel_tol=1e-3)
+    return len(sigmas) >= 3 and float(sigmas[-1]) <= 0.0 and starts_at_the_top

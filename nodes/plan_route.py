@@ -116,9 +116,10 @@ def preview_plan(params: dict) -> dict:
     native, stride = native_px // LATENT_SCALE, window_stride_latent(config, native_px)
     height, width = height_px // LATENT_SCALE, width_px // LATENT_SCALE
     sigmas = preview_sigmas(scheduler, sampler_name, steps, denoise)
-    # The run's own test on the same sigmas: ddim_uniform starts below sigma_max, so it counts as img2img there too.
+    # The run's own test on the same sigmas, with what the KSampler node tells it (denoise 1: a whole schedule).
     first = (native_first(height, width, native, len(sigmas) - 1, config.layout_denoise)
-             if config.layout == "native first" and is_full_noise(sigmas, float(_DISCRETE.sigma_max)) else None)
+             if config.layout == "native first" and is_full_noise(sigmas, float(_DISCRETE.sigma_max), denoise > 0.9999)
+             else None)
     plan_args = dict(height=height, width=width, native_px=native_px,
                      sigmas=sigmas[first.refine_from:] if first else sigmas,
                      split_sigma=float(_DISCRETE.percent_to_sigma(config.stage_split)))

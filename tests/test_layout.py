@@ -11,7 +11,7 @@ import comfy.samplers
 from cutdiff_dev import comfy_runtime as rt
 from helpers import CountingModel, run_cut, schedule
 
-from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, apply_cutdiffusion
+from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion
 from cutdiff_core.layout import native_first
 
 PATCH = 128          # px: the tiny model's "native" size in these tests
@@ -202,18 +202,31 @@ def test_preview_counts_the_layout_pass():
 
 
 def test_preview_and_run_agree_on_the_layout_pass_for_every_scheduler(model, conds):
-    """Whether a text-to-image run gets the layout pass is decided on its sigmas (do they start at
-    the model's highest noise?); the preview decides it on the same sigmas. ddim_uniform starts
-    below it, so both read it as img2img and use the paper's layout."""
+    """The KSampler node at denoise 1 runs a scheduler's whole schedule: text-to-image, so the
+    layout pass, with every scheduler (ddim_uniform's schedule starts below sigma_max). The preview
+    decides it with the run's own test. A custom sampler gets only sigmas: there a schedule that
+    starts below sigma_max is read as img2img."""
     from comfyui_cutdiffusion.nodes.plan_route import preview_plan
     latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
-    seen = {}
     for scheduler in comfy.samplers.KSampler.SCHEDULERS:
         _, report = run_cut(model, latent, seed=1, steps=4, conds=conds, scheduler=scheduler, patch_size=PATCH,
                             layout="native first")
         preview = preview_plan({"width": 2 * PATCH, "height": 2 * PATCH, "steps": 4, "scheduler": scheduler,
                                 "patch_size": PATCH})
-        seen[scheduler] = report.layout is not None
-        assert (preview["layout"] is not None) == seen[scheduler], scheduler
-    assert not seen["ddim_uniform"] and seen["normal"] and seen["karras"]
+        assert report.layout is not None and preview["layout"] is not None, scheduler
+    _, report = run_cut(model, latent, seed=1, steps=4, conds=conds, scheduler="ddim_uniform", patch_size=PATCH,
+                        layout="native first", denoise=0.9)
+    preview = preview_plan({"width": 2 * PATCH, "height": 2 * PATCH, "steps": 4, "scheduler": "ddim_uniform",
+                            "patch_size": PATCH, "denoise": 0.9})
+    assert report.layout is None and preview["layout"] is None
 
+    report = RunReport()
+    patched = apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PATCH, layout="native first"), report)
+    sigmas = schedule(model, 4, scheduler="ddim_uniform")
+    assert float(sigmas[0]) < float(model.get_model_object("model_sampling").sigma_max)
+    pos, neg = conds
+    noise = comfy.sample.prepare_noise(latent["samples"], 1)
+    with torch.inference_mode():
+        comfy.sample.sample_custom(patched, noise, 5.0, comfy.samplers.sampler_object("euler"), sigmas, pos, neg,
+                                   latent["samples"], disable_pbar=True, seed=1)
+    assert report.plan is not None and report.layout is None
