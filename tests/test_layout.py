@@ -204,7 +204,7 @@ def test_preview_counts_the_layout_pass():
 def test_preview_and_run_agree_on_the_layout_pass_for_every_scheduler(model, conds):
     """The KSampler node at denoise 1 runs a scheduler's whole schedule: text-to-image, so the
     layout pass, with every scheduler (ddim_uniform's schedule starts below sigma_max). The preview
-    decides it with the run's own test. A custom sampler gets only sigmas: there a schedule that
+    decides it with the run's own test. Another sampler node gets only sigmas: there a schedule that
     starts below sigma_max is read as img2img."""
     from comfyui_cutdiffusion.nodes.plan_route import preview_plan
     latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
