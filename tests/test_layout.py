@@ -119,7 +119,6 @@ def test_layout_guidance_runs_the_patches_on_square_grids_only(model, conds):
     assert torch.equal(guided, unguided)
 
 
-
 def _outside_span(image: torch.Tensor, operator, size: tuple[int, int]) -> float:
     """How far each channel of `image` [C, H, W] is from every `operator(q)` with q of `size`
     (least squares over a basis of q), relative to the image's norm."""
@@ -158,6 +157,7 @@ def test_layout_guidance_moves_only_what_the_patches_agree_on(model, conds):
     assert _outside_span(difference, block_scale, block_hw) < 0.01            # measured 5e-4
     full_band = torch.randn(1, *difference.shape, generator=torch.Generator().manual_seed(0))
     assert _outside_span(through_anchor(full_band)[0], block_scale, block_hw) > 0.5   # measured 0.88
+
 
 def test_native_first_at_native_size_is_ksampler(model, conds):
     latent = rt.empty_latent(PATCH, PATCH)

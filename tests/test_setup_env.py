@@ -40,6 +40,10 @@ def _setup(tmp_path: Path, free_mb: int, layer: Path) -> subprocess.CompletedPro
     return subprocess.run(["bash", str(SETUP)], env=env, capture_output=True, text=True, timeout=60)
 
 
+def _needed_mb(result: subprocess.CompletedProcess) -> int:
+    return int(result.stderr.split("about ")[1].split(" MB")[0])
+
+
 def test_a_short_disk_is_refused_before_anything_is_installed(tmp_path):
     result = _setup(tmp_path, free_mb=300, layer=tmp_path / "torch")
     assert result.returncode == 2, result.stdout + result.stderr
@@ -55,8 +59,8 @@ def test_with_the_shared_folder_in_place_only_the_venv_is_counted(tmp_path):
     (layer / ".cutdiff-ready").touch()
     result = _setup(tmp_path, free_mb=300, layer=layer)
     assert result.returncode == 2, result.stdout + result.stderr
-    needed = int(result.stderr.split("about ")[1].split(" MB")[0])
+    needed = _needed_mb(result)
     assert "shared torch folder" not in result.stderr
     assert needed < 2000    # the venv alone; torch's 5.6 GB is already there
     result = _setup(tmp_path, free_mb=300, layer=tmp_path / "missing")
-    assert int(result.stderr.split("about ")[1].split(" MB")[0]) > needed + 5000
+    assert _needed_mb(result) > needed + 5000
