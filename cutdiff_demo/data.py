@@ -23,7 +23,7 @@ def _uniform(gen, shape, low=0.0, high=1.0):
     return low + (high - low) * torch.rand(shape, generator=gen)
 
 
-def _shape_masks(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def shape_masks(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Inside-masks [B, 5, ...] of every shape, in SHAPES order, at object coordinates (radius 1)."""
     rho = torch.sqrt(u ** 2 + v ** 2)
     triangle = torch.ones_like(u, dtype=torch.bool)
@@ -36,7 +36,7 @@ def _shape_masks(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
                         (rho >= 0.5) & (rho <= 1), cross], dim=1)
 
 
-def _canvas_geometry(gen, batch):
+def canvas_geometry(gen, batch):
     """Per sample: canvas size (latent px), crop offset of the native window, object centre/radius."""
     native = torch.rand(batch, generator=gen) >= P_CANVAS
     sides = torch.tensor(CANVAS_SIDES)
@@ -51,7 +51,7 @@ def _canvas_geometry(gen, batch):
 
 def render_batch(gen: torch.Generator, batch: int):
     """Latents [B, 4, 16, 16], full token ids [B, 3] and SDXL size conditioning [B, 6] in px."""
-    canvas, offset, centre, radius = _canvas_geometry(gen, batch)
+    canvas, offset, centre, radius = canvas_geometry(gen, batch)
     colour_id = torch.randint(len(dm.COLOURS), (batch,), generator=gen)
     shape_id = torch.randint(len(dm.SHAPES), (batch,), generator=gen)
     background_id = torch.randint(len(dm.BACKGROUNDS), (batch,), generator=gen)
@@ -65,7 +65,7 @@ def render_batch(gen: torch.Generator, batch: int):
     dx = (xs - centre[:, 1, None, None]) / radius[:, None, None]
     cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
     u, v = cos * dx + sin * dy, cos * dy - sin * dx
-    inside = _shape_masks(u, v)[torch.arange(batch), shape_id].float()
+    inside = shape_masks(u, v)[torch.arange(batch), shape_id].float()
     coverage = reduce(inside, "b (h s1) (w s2) -> b 1 h w", "mean", s1=SUPERSAMPLE, s2=SUPERSAMPLE)
 
     palette = torch.tensor(list(dm.COLOURS.values()))

@@ -219,11 +219,11 @@ def load_demo_model(path: Path = MODEL_PATH) -> DemoModel:
     return load_demo_file(_load_file(path), model_config)
 
 
-def load_demo_file(state: dict, make_config) -> DemoModel:
+def load_demo_file(state: dict, make_config, decoder_class: type[DemoDecoder] = DemoDecoder) -> DemoModel:
     """A demo model's file (diffusion model, text encoder, decoder) as a ModelPatcher the way
     comfy.sd.load_diffusion_model_state_dict loads one (ComfyUI picks the dtype and devices);
     `make_config(decoder)` gives the model config."""
-    text, decoder = DemoTextEncoder(), DemoDecoder()
+    text, decoder = DemoTextEncoder(), decoder_class()
     text.load_state_dict(_submodule_state(state, "text."))
     decoder.load_state_dict(_submodule_state(state, "decoder."))
 

@@ -48,9 +48,10 @@ import comfy.model_base  # noqa: E402
 import comfy.utils  # noqa: E402
 import safetensors.torch  # noqa: E402
 
+from cutdiff_demo import data as demo_data  # noqa: E402
+from cutdiff_demo import detail  # noqa: E402
 from cutdiff_demo import metrics as demo_metrics  # noqa: E402
 from cutdiff_demo import model as dm  # noqa: E402
-from cutdiff_demo.data import render_batch  # noqa: E402
 from demo_training import train_with_ema  # noqa: E402  (scripts/demo_training.py)
 
 P_DROP_PROMPT = 0.1
@@ -93,7 +94,14 @@ def adm(unet, pooled, size_cond):
                       for i in range(pooled.shape[0])])
 
 
-def loss_on_batch(unet, text, gen, batch):
+# --data: the first demo model (linear decoder, fixed grain) or the detail proxy (cutdiff_demo.detail)
+DATA_SETS = {
+    "shapes": (demo_data.render_batch, dm.DemoDecoder, dm.MODEL_PATH, dm.load_demo_model),
+    "detail": (detail.render_batch, detail.DetailDecoder, detail.MODEL_PATH, detail.load_detail_model),
+}
+
+
+def loss_on_batch(unet, text, gen, batch, render_batch):
     latent, token_ids, size_cond = render_batch(gen, batch)
     context, pooled = text(drop_tokens(gen, token_ids))
     sigmas = unet.model_sampling.sigmas
@@ -119,19 +127,23 @@ def noise_level_weights(sigmas: torch.Tensor) -> torch.Tensor:
     return weights / weights.mean()
 
 
-def train(seed: int, steps: int, batch: int, lr: float, ema_decay: float):
+def train(seed: int, steps: int, batch: int, lr: float, ema_decay: float, render_batch, resume: Path | None = None):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     unet, text = build_unet(), dm.DemoTextEncoder()
+    if resume is not None:   # continue from a written file: its weights, a fresh optimiser and schedule
+        state = comfy.utils.load_torch_file(str(resume))
+        for module, prefix in ((unet.diffusion_model, "diffusion_model."), (text, "text.")):
+            module.load_state_dict({k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)})
     params = list(unet.diffusion_model.parameters()) + list(text.parameters())
-    seconds = train_with_ema(params, lambda: loss_on_batch(unet, text, gen, batch), steps, lr, ema_decay)
+    seconds = train_with_ema(params, lambda: loss_on_batch(unet, text, gen, batch, render_batch), steps, lr, ema_decay)
     return unet, text, seconds
 
 
-def save(unet, text, path: Path) -> None:
+def save(unet, text, decoder: dm.DemoDecoder, path: Path) -> None:
     state = {f"diffusion_model.{k}": v.half() for k, v in unet.diffusion_model.state_dict().items()}
     state |= {f"text.{k}": v.half() for k, v in text.state_dict().items()}
-    state |= {f"decoder.{k}": v.float() for k, v in dm.DemoDecoder().state_dict().items()}
+    state |= {f"decoder.{k}": v.float() for k, v in decoder.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path),
                                 metadata={"format": "pt", "native_size_px": str(dm.NATIVE_SIZE_PX)})
@@ -147,9 +159,9 @@ def eval_prompt(index: int) -> str:
     return f"{colour} {shape} on {background}"
 
 
-def evaluate(path: Path, seeds: int, steps: int, cfg: float, sampler: str):
+def evaluate(load, path: Path, seeds: int, steps: int, cfg: float, sampler: str):
     """Object counts of native-size samples of the file as the demo node loads it."""
-    demo = dm.load_demo_model(path)
+    demo = load(path)
     comfy.utils.set_progress_bar_enabled(False)  # 128 progress bars would bury the log
     negative = demo.text.conditioning("")
     counts = []
@@ -169,9 +181,11 @@ def main():
     parser.add_argument("--batch", type=int, default=24)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema-decay", type=float, default=0.998)
-    parser.add_argument("--out", type=Path, default=dm.MODEL_PATH)
+    parser.add_argument("--data", choices=sorted(DATA_SETS), default="shapes")
+    parser.add_argument("--out", type=Path, help="default: the data set's shipped file")
     parser.add_argument("--eval-seeds", type=int, default=64)
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the file at --out")
+    parser.add_argument("--resume", type=Path, help="start from this file's weights instead of a fresh init")
     # One thread by default: on a 2-core machine shared with other jobs, two threads stall each
     # other at every op (the recorded first attempt ran 20x slower than on an idle machine).
     # Results are deterministic for a given seed and thread count.
@@ -180,13 +194,16 @@ def main():
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
 
+    render_batch, decoder_class, default_path, load = DATA_SETS[args.data]
+    args.out = args.out or default_path
     if not args.eval_only:
-        unet, text, seconds = train(args.seed, args.steps, args.batch, args.lr, args.ema_decay)
-        save(unet, text, args.out)
+        unet, text, seconds = train(args.seed, args.steps, args.batch, args.lr, args.ema_decay, render_batch,
+                                     args.resume)
+        save(unet, text, decoder_class(), args.out)
         print(f"trained {args.steps} steps in {seconds / 60:.1f} min; wrote {args.out} "
               f"({args.out.stat().st_size / 2 ** 20:.2f} MiB)")
     for sampler in ("euler", "dpmpp_2m"):
-        print(f"native size, cfg 5, 20 {sampler} steps:", evaluate(args.out, args.eval_seeds, 20, 5.0, sampler))
+        print(f"native size, cfg 5, 20 {sampler} steps:", evaluate(load, args.out, args.eval_seeds, 20, 5.0, sampler))
 
 
 if __name__ == "__main__":
