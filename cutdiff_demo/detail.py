@@ -5,9 +5,11 @@ diffusion model does changes the detail of an image: an enlarged layout and a tr
 sample decode to the same kind of picture. This one is non-linear, and every fine structure of its
 images is drawn by the latent at the scale the latent has:
 
-- colour: the latent's colour field, upsampled, is *snapped* towards the palette colours found within
-  one latent pixel (a softmax over their distances), so an object's outline is a hard, anti-aliased edge about 1-2 px wide wherever
-  the latent changes colour within one latent pixel; a latent that changes colour over two latent
+- colour: the latent's colour field, upsampled, is *snapped* towards the palette colours found
+  within two latent pixels (a softmax over their distances, its temperature scaled by the two
+  nearest colours' own distance so that every edge is about as wide), so an object's outline is
+  a hard, anti-aliased edge about 2 px wide wherever the latent changes colour within one latent
+  pixel; a latent that changes colour over two latent
   pixels (a bicubic x2 upscale) decodes to an edge twice as wide;
 - pattern: the fourth feature ``p = cos(psi)`` carries a wave whose phase ``psi`` turns once every
   4-6 latent px; the decoder draws ``T_m(p) = cos(m psi)`` (a Chebyshev fold, m = 6), stripes of
