@@ -10,6 +10,17 @@ core running tests part of the time), torch 2.14.1, ComfyUI 0.3.75, 2026-11-26. 
 one object in 98% (20 euler steps, cfg 5; none 0%, mean count 1.02) and 100% (20 dpmpp_2m steps).
 File sha256 1855f918a1019362e4e6976a6f9a8e20222ebd334895ae623bc73436f4750fce.
 
+The detail proxy (--data detail, cutdiff_demo.detail; models/cutdiffusion_detail.safetensors) is
+not finished. Shipped: 4500 steps (seed 0, lr 1e-3), then `--resume` from that file for 2500 steps
+(seed 1, lr 5e-4), both batch 24 and 1 thread, 46.2 + 25.7 min on an AMD EPYC (2 cores, the other
+busy): 0.6 s a step here, 4x the 2026-11-26 record's pace on the same kind of machine. Loss 0.029
+at 500, 0.018 at 4000, 0.013-0.017 at the end. Native size, 32 seeds: one object in 84% (euler) /
+78% (dpmpp_2m); file sha256 a67d58f496194b785da13a486618dca4c62221e9f02142a5df08894e94a2600d.
+It draws the layout and the colours but not yet the stripes: its pattern channel is a noisy low-
+frequency field (the decoder's fold draws it as contour lines), stripe periods of native samples
+range 1.2-9x the prompted one, and colours off the palette snap to blocks. It is a checkpoint to
+resume from, not a yardstick yet (BENCHMARKS.md, detail proxy).
+
 Earlier shipped models drew their latents at half this scale (standard deviation 0.54 instead of
 1.08; see demo_model.LATENT_MIX): 12000 steps reached 98% / 97%, 5000 steps 88% / 80%. On SDXL's
 noise schedule, which assumes unit-variance latents, that scale put every noise level at a quarter
