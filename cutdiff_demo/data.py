@@ -5,6 +5,7 @@ Shared by the training script and the benchmarks that compare samples with what 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from einops import einsum, reduce
@@ -19,7 +20,7 @@ OBJECT_RADIUS = (0.16, 0.30)                    # fraction of the canvas' shorte
 COLOUR_JITTER = 0.04
 
 
-def _uniform(gen, shape, low=0.0, high=1.0):
+def uniform(gen, shape, low=0.0, high=1.0):
     return low + (high - low) * torch.rand(shape, generator=gen)
 
 
@@ -43,19 +44,47 @@ def canvas_geometry(gen, batch):
     canvas = sides[torch.randint(len(CANVAS_SIDES), (batch, 2), generator=gen)]
     canvas[native] = NATIVE
     offset = (torch.rand(batch, 2, generator=gen) * (canvas - NATIVE + 1)).floor()
-    radius = _uniform(gen, batch, *OBJECT_RADIUS) * canvas.min(dim=1).values
+    radius = uniform(gen, batch, *OBJECT_RADIUS) * canvas.min(dim=1).values
     margin = 1.2 * radius + 0.5  # the square's and triangle's corners reach 1.13 r
     centre = margin[:, None] + torch.rand(batch, 2, generator=gen) * (canvas - 2 * margin[:, None])
     return canvas, offset, centre, radius
 
 
-def render_batch(gen: torch.Generator, batch: int):
-    """Latents [B, 4, 16, 16], full token ids [B, 3] and SDXL size conditioning [B, 6] in px."""
+@dataclass(frozen=True)
+class Scenes:
+    """One object per sample: its prompt's word ids, its coverage of each latent pixel, and where the
+    native window lies in its canvas (shared by this data set and the detail proxy's)."""
+    colour_id: torch.Tensor       # [B]
+    shape_id: torch.Tensor        # [B]
+    background_id: torch.Tensor   # [B]
+    coverage: torch.Tensor        # [B, 1, 16, 16]: fraction of each latent pixel inside the object
+    canvas: torch.Tensor          # [B, 2] latent px
+    offset: torch.Tensor          # [B, 2] latent px
+
+    def latent_centres(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Canvas coordinates of the latent pixels' centres: ys [B, 16, 1] and xs [B, 1, 16]."""
+        centres = torch.arange(NATIVE) + 0.5
+        return (self.offset[:, 0, None, None] + centres[None, :, None],
+                self.offset[:, 1, None, None] + centres[None, None, :])
+
+    def token_ids(self) -> torch.Tensor:
+        """Full token ids [B, 3] of "colour shape on background"."""
+        return torch.stack([_token(dm.COLOURS, self.colour_id), _token(dm.SHAPES, self.shape_id),
+                            _token(dm.BACKGROUNDS, self.background_id)], dim=1)
+
+    def size_conditioning(self) -> torch.Tensor:
+        """(height, width, crop_h, crop_w, target_height, target_width) in px [B, 6], as SDXL.encode_adm takes them."""
+        px = dm.LATENT_SCALE
+        return torch.cat([self.canvas * px, self.offset * px, self.canvas * px], dim=1)
+
+
+def draw_scenes(gen: torch.Generator, batch: int) -> Scenes:
+    """Random geometry, words and rotation of one object per sample, its coverage supersampled 4x4."""
     canvas, offset, centre, radius = canvas_geometry(gen, batch)
     colour_id = torch.randint(len(dm.COLOURS), (batch,), generator=gen)
     shape_id = torch.randint(len(dm.SHAPES), (batch,), generator=gen)
     background_id = torch.randint(len(dm.BACKGROUNDS), (batch,), generator=gen)
-    angle = _uniform(gen, batch, 0, 2 * math.pi)
+    angle = uniform(gen, batch, 0, 2 * math.pi)
 
     # Supersampled coordinates of the native window in canvas latent px, [B, 2, Hs, Ws].
     fine = (torch.arange(NATIVE * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
@@ -67,27 +96,25 @@ def render_batch(gen: torch.Generator, batch: int):
     u, v = cos * dx + sin * dy, cos * dy - sin * dx
     inside = shape_masks(u, v)[torch.arange(batch), shape_id].float()
     coverage = reduce(inside, "b (h s1) (w s2) -> b 1 h w", "mean", s1=SUPERSAMPLE, s2=SUPERSAMPLE)
+    return Scenes(colour_id, shape_id, background_id, coverage, canvas, offset)
 
+
+def render_batch(gen: torch.Generator, batch: int):
+    """Latents [B, 4, 16, 16], full token ids [B, 3] and SDXL size conditioning [B, 6] in px."""
+    scenes = draw_scenes(gen, batch)
     palette = torch.tensor(list(dm.COLOURS.values()))
     backgrounds = torch.tensor([colour for colour, _ in dm.BACKGROUNDS.values()])
     textures = torch.tensor([texture for _, texture in dm.BACKGROUNDS.values()])
-    object_rgb = palette[colour_id] + _uniform(gen, (batch, 3), -COLOUR_JITTER, COLOUR_JITTER)
-    background_rgb = backgrounds[background_id] + _uniform(gen, (batch, 3), -COLOUR_JITTER, COLOUR_JITTER)
-    centres = (torch.arange(NATIVE) + 0.5)
-    shading = _background_waves(gen, batch, offset[:, 0, None, None] + centres[None, :, None],
-                                 offset[:, 1, None, None] + centres[None, None, :])
+    object_rgb = palette[scenes.colour_id] + uniform(gen, (batch, 3), -COLOUR_JITTER, COLOUR_JITTER)
+    background_rgb = backgrounds[scenes.background_id] + uniform(gen, (batch, 3), -COLOUR_JITTER, COLOUR_JITTER)
+    shading = _background_waves(gen, batch, *scenes.latent_centres())
     background = background_rgb[:, :, None, None] + shading[:, None]
+    coverage = scenes.coverage
     rgb = coverage * object_rgb[:, :, None, None] + (1 - coverage) * background
-    texture = (1 - coverage) * textures[background_id][:, None, None, None]
+    texture = (1 - coverage) * textures[scenes.background_id][:, None, None, None]
     features = torch.cat([rgb.clamp(0, 1), texture], dim=1) * 2 - 1
     latent = einsum(dm.LATENT_MIX, features, "c f, b f h w -> b c h w")
-
-    token_ids = torch.stack([_token(dm.COLOURS, colour_id), _token(dm.SHAPES, shape_id),
-                             _token(dm.BACKGROUNDS, background_id)], dim=1)
-    px = dm.LATENT_SCALE
-    # (height, width, crop_h, crop_w, target_height, target_width) as SDXL.encode_adm takes them.
-    size_cond = torch.cat([canvas * px, offset * px, canvas * px], dim=1)
-    return latent, token_ids, size_cond
+    return latent, scenes.token_ids(), scenes.size_conditioning()
 
 
 def _token(group, index):
@@ -99,8 +126,8 @@ def _background_waves(gen, batch, ys, xs, waves=2, amplitude=0.025):
     """Mild low-frequency shading [B, h, w]: a sum of plane waves (periods 4-10 latent px)."""
     total = torch.zeros(batch, ys.shape[1], xs.shape[2])
     for _ in range(waves):
-        direction = _uniform(gen, batch, 0, 2 * math.pi)[:, None, None]
-        wavenumber = 2 * math.pi / _uniform(gen, batch, 4, 10)[:, None, None]
-        phase = _uniform(gen, batch, 0, 2 * math.pi)[:, None, None]
+        direction = uniform(gen, batch, 0, 2 * math.pi)[:, None, None]
+        wavenumber = 2 * math.pi / uniform(gen, batch, 4, 10)[:, None, None]
+        phase = uniform(gen, batch, 0, 2 * math.pi)[:, None, None]
         total += amplitude * torch.sin(wavenumber * (torch.cos(direction) * xs + torch.sin(direction) * ys) + phase)
     return total

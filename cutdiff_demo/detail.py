@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from einops import einsum, rearrange, reduce
+from einops import einsum, rearrange
 
 from . import data
 from . import model as dm
@@ -68,54 +68,35 @@ def palette_contrast() -> torch.Tensor:
 
 def _plane_wave_phase(gen, batch, ys, xs, period):
     """Phase [B, h, w] of a plane wave of the given period (latent px, [B]) at a random angle and offset."""
-    direction = data._uniform(gen, batch, 0, 2 * math.pi)[:, None, None]
-    offset = data._uniform(gen, batch, 0, 2 * math.pi)[:, None, None]
+    direction = data.uniform(gen, batch, 0, 2 * math.pi)[:, None, None]
+    offset = data.uniform(gen, batch, 0, 2 * math.pi)[:, None, None]
     along = torch.cos(direction) * xs + torch.sin(direction) * ys
     return 2 * math.pi * along / period[:, None, None] + offset
 
 
 def render_batch(gen: torch.Generator, batch: int):
     """Latents [B, 4, 16, 16], token ids [B, 3] and SDXL size conditioning [B, 6], as data.render_batch."""
-    canvas, offset, centre, radius = data.canvas_geometry(gen, batch)
-    colour_id = torch.randint(len(dm.COLOURS), (batch,), generator=gen)
-    shape_id = torch.randint(len(dm.SHAPES), (batch,), generator=gen)
-    background_id = torch.randint(len(dm.BACKGROUNDS), (batch,), generator=gen)
-    angle = data._uniform(gen, batch, 0, 2 * math.pi)
-
-    s = data.SUPERSAMPLE
-    fine = (torch.arange(data.NATIVE * s) + 0.5) / s
-    ys = offset[:, 0, None, None] + fine[None, :, None]
-    xs = offset[:, 1, None, None] + fine[None, None, :]
-    dy = (ys - centre[:, 0, None, None]) / radius[:, None, None]
-    dx = (xs - centre[:, 1, None, None]) / radius[:, None, None]
-    cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
-    inside = data.shape_masks(cos * dx + sin * dy, cos * dy - sin * dx)[torch.arange(batch), shape_id].float()
-    coverage = reduce(inside, "b (h s1) (w s2) -> b 1 h w", "mean", s1=s, s2=s)
-
-    centres = torch.arange(data.NATIVE) + 0.5
-    cy = offset[:, 0, None, None] + centres[None, :, None]
-    cx = offset[:, 1, None, None] + centres[None, None, :]
-    stripe_period = torch.tensor([STRIPE_PERIOD_LATENT[name] for name in dm.SHAPES])[shape_id]
+    scenes = data.draw_scenes(gen, batch)
+    cy, cx = scenes.latent_centres()
+    stripe_period = torch.tensor([STRIPE_PERIOD_LATENT[name] for name in dm.SHAPES])[scenes.shape_id]
     object_pattern = torch.cos(_plane_wave_phase(gen, batch, cy, cx, stripe_period))
-    texture_period = torch.tensor([BACKGROUND_TEXTURE_LATENT[name] or 1.0 for name in dm.BACKGROUNDS])[background_id]
-    textured = torch.tensor([BACKGROUND_TEXTURE_LATENT[name] is not None for name in dm.BACKGROUNDS])[background_id]
+    texture_period = torch.tensor([BACKGROUND_TEXTURE_LATENT[name] or 1.0
+                                   for name in dm.BACKGROUNDS])[scenes.background_id]
+    textured = torch.tensor([BACKGROUND_TEXTURE_LATENT[name] is not None
+                             for name in dm.BACKGROUNDS])[scenes.background_id]
     warp = sum(math.pi * torch.sin(_plane_wave_phase(gen, batch, cy, cx, torch.full((batch,), period)))
                for period in WARP_PERIODS)
     background_pattern = torch.cos(_plane_wave_phase(gen, batch, cy, cx, texture_period) + warp)
     background_pattern = torch.where(textured[:, None, None], background_pattern, torch.zeros_like(background_pattern))
 
     palette = palette_features()
-    object_colour = palette[colour_id]
-    background_colour = palette[len(dm.COLOURS) + background_id]
-    colour = coverage * object_colour[:, :, None, None] + (1 - coverage) * background_colour[:, :, None, None]
+    object_colour = palette[scenes.colour_id][:, :, None, None]
+    background_colour = palette[len(dm.COLOURS) + scenes.background_id][:, :, None, None]
+    coverage = scenes.coverage
+    colour = coverage * object_colour + (1 - coverage) * background_colour
     pattern = coverage * object_pattern[:, None] + (1 - coverage) * background_pattern[:, None]
     latent = einsum(dm.LATENT_MIX, torch.cat([colour, pattern], dim=1), "c f, b f h w -> b c h w")
-
-    token_ids = torch.stack([data._token(dm.COLOURS, colour_id), data._token(dm.SHAPES, shape_id),
-                             data._token(dm.BACKGROUNDS, background_id)], dim=1)
-    px = dm.LATENT_SCALE
-    size_cond = torch.cat([canvas * px, offset * px, canvas * px], dim=1)
-    return latent, token_ids, size_cond
+    return latent, scenes.token_ids(), scenes.size_conditioning()
 
 
 def chebyshev_fold(p: torch.Tensor, m: int = FOLD) -> torch.Tensor:
@@ -134,9 +115,10 @@ class DetailDecoder(dm.DemoDecoder):
         self.fold = torch.nn.Parameter(torch.tensor(float(FOLD)), requires_grad=False)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        features = F.interpolate(2 * self.features(latent) - 1, scale_factor=dm.LATENT_SCALE, mode="bicubic", align_corners=False)
+        coarse = 2 * self.features(latent) - 1
+        features = F.interpolate(coarse, scale_factor=dm.LATENT_SCALE, mode="bicubic", align_corners=False)
         colour, pattern = features[:, :3], features[:, 3]
-        distance = self._palette_distance(colour) - self._nearby_colours(latent)
+        distance = self._palette_distance(colour) - self._nearby_colours(coarse[:, :3])
         weights = torch.softmax(-distance / (self.snap_temperature * self._edge_contrast(distance)), dim=1)
         snapped = einsum(weights, self.palette, "b k h w, k f -> b f h w")
         contrast = einsum(weights, self.pattern_contrast, "b k h w, k -> b h w")
@@ -154,12 +136,12 @@ class DetailDecoder(dm.DemoDecoder):
         first, second = self.palette[nearest[:, 0]], self.palette[nearest[:, 1]]
         return ((first - second) ** 2).sum(dim=-1, keepdim=True).movedim(-1, 1).clamp(min=0.05)
 
-    def _nearby_colours(self, latent: torch.Tensor) -> torch.Tensor:
+    def _nearby_colours(self, coarse_colour: torch.Tensor) -> torch.Tensor:
         """0 for palette colours some latent pixel near this pixel is closest to, -1e4 for the others [B, K, H, W].
 
         Snapping among all colours would draw a band of a third colour along an edge whose midpoint
         lies closer to it (white to night passes slate); a real edge only mixes the two sides."""
-        distance = self._palette_distance(2 * self.features(latent)[:, :3] - 1)
+        distance = self._palette_distance(coarse_colour)   # per latent pixel
         closest, nearest = distance.min(dim=1)
         pure = F.one_hot(nearest, len(self.palette)) * (closest < PURE_DISTANCE)[..., None]  # mixed pixels name no colour
         present = F.max_pool2d(rearrange(pure, "b h w k -> b k h w").float(), SNAP_NEIGHBOURHOOD, stride=1,
