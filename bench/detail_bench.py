@@ -220,7 +220,7 @@ class Yardstick:
         self.whole = dmx.whole_image_features(net, every)
         self.crops = dmx.crop_features(net, every, crop=CROP_PX, per_image=CROPS_PER_IMAGE, seed=0)
         self.native_scalars = {prompt: per_image_scalars(images) for prompt, images in self.native.items()}
-        self.native_contrast = float(np.mean([metrics.object_contrast(image) for image in every]))
+        self.native_contrast = float(np.mean([dmx.object_contrast_detail(image) for image in every]))
 
 
 def per_image_scalars(images) -> dict[str, list[float]]:
@@ -243,8 +243,8 @@ def measure(ystick: Yardstick, by_prompt: dict[str, np.ndarray], seam_lines=None
         "images": len(every),
         "one": float(np.mean(np.asarray(counts) == 1)),
         "mean_count": float(np.mean(counts)),
-        "aspect": float(np.nanmedian([metrics.object_aspect(image) for image in every])),
-        "contrast": float(np.mean([metrics.object_contrast(image) for image in every])) / ystick.native_contrast,
+        "aspect": float(np.nanmedian([dmx.object_aspect_detail(image) for image in every])),
+        "contrast": float(np.mean([dmx.object_contrast_detail(image) for image in every])) / ystick.native_contrast,
         "fd_whole": dmx.frechet_distance(dmx.whole_image_features(ystick.net, every), ystick.whole),
         "fd_crop": dmx.frechet_distance(dmx.crop_features(ystick.net, every, crop=CROP_PX, per_image=CROPS_PER_IMAGE,
                                                           seed=1), ystick.crops),

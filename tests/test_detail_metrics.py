@@ -78,6 +78,30 @@ def test_stripe_period_is_nan_without_an_object_or_room_for_stripes():
     assert dx.object_count_detail(small) == 1 and np.isnan(dx.stripe_period(small))
 
 
+def _coarse_sand(size, plateau_px, seed=0):
+    """Sand whose light and dark phases (0.3 apart, past metrics.OBJECT_DISTANCE) form plateaus of about
+    `plateau_px`: the texture of a late re-entry on an upscaled latent."""
+    rng = np.random.default_rng(seed)
+    cells = -(-size // plateau_px)
+    phase = np.repeat(np.repeat(rng.random((cells, cells)) < 0.5, plateau_px, 0), plateau_px, 1)[:size, :size]
+    return np.clip(SAND + np.where(phase, 0.12, -0.18)[..., None], 0, 1)
+
+
+def _paste_disc(image, cy, cx, radius, colour=RED):
+    ys, xs = _grid(image.shape[0])
+    image[np.hypot(ys - cy, xs - cx) < radius] = colour
+    return image
+
+
+def test_object_count_ignores_texture_at_the_image_scale_and_keeps_native_sized_repeats():
+    one = _paste_disc(_coarse_sand(512, 8), 256, 256, 120)
+    assert dx.object_count_detail(one) == 1
+    assert dx.object_aspect_detail(one) == pytest.approx(1.0, abs=0.05)
+    repeated = _paste_disc(one.copy(), 60, 60, 24)           # a second subject drawn at native scale
+    assert dx.object_count_detail(repeated) == 2
+    assert dx.object_contrast_detail(one) > 0.5 and dx.object_contrast_detail(_coarse_sand(512, 8)) == 0.0
+
+
 def test_frechet_distance_of_known_gaussians():
     rng = np.random.default_rng(2)
     a = rng.standard_normal((4000, 4))
