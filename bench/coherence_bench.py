@@ -37,7 +37,7 @@ import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 import demofusion  # noqa: E402
 from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion  # noqa: E402
-from cutdiff_core.config import plan_native_first_pass  # noqa: E402
+from cutdiff_core.config import plan_target_pass  # noqa: E402
 from cutdiff_core.layout import native_first, upscale  # noqa: E402
 from cutdiff_core.stages import anchor_to_layout  # noqa: E402
 from cutdiff_core.plan import make_plan  # noqa: E402
@@ -233,8 +233,11 @@ def plan_for(config: CutDiffusionConfig, width_px: int, height_px: int, native_p
     native, stride = native_px // 8, native_px // 16
     split_sigma = float(model_sampling.percent_to_sigma(config.stage_split))
     settings = dict(sigmas=sigmas, split_sigma=split_sigma, stage_split=config.stage_split, jitter=config.window_jitter,
-                    mode=config.stage2_mode, min_stage1_steps=config.min_stage1_steps,
-                    global_guidance=config.global_guidance > 0)
+                    mode=config.stage2_mode, min_stage1_steps=config.min_stage1_steps)
+    if "guidance" in inspect.signature(make_plan).parameters:
+        settings["guidance"] = "global" if config.global_guidance > 0 else "none"
+    else:   # the core before issue 24
+        settings["global_guidance"] = config.global_guidance > 0
     # Issue 14 makes make_plan keyword-only; the bench also runs on a snapshot of the core from before.
     if "native" in inspect.signature(make_plan).parameters:
         return make_plan(height=height_px // 8, width=width_px // 8, native=(native, native), stride=(stride, stride),
@@ -283,8 +286,8 @@ def pack_native_first_evaluations(config: CutDiffusionConfig, width_px: int, hei
     if first.is_whole_run:
         return first.layout_evaluations
     split_sigma = float(model_sampling.percent_to_sigma(config.stage_split))
-    _, plan = plan_native_first_pass(config, height=height_px // 8, width=width_px // 8, native_px=SDXL_NATIVE_PX,
-                                     sigmas=sigmas[first.refine_from:], split_sigma=split_sigma)
+    plan = plan_target_pass(config, height=height_px // 8, width=width_px // 8, native_px=SDXL_NATIVE_PX,
+                            sigmas=sigmas[first.refine_from:], split_sigma=split_sigma)
     return first.layout_evaluations + plan.model_evaluations(cfg_batches=1)
 
 

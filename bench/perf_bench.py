@@ -330,7 +330,7 @@ def plan_evaluations(report, steps: int, halves: int) -> int:
     if report is None:
         return halves * steps
     plan = report.plan
-    guided = plan.stage2_steps * plan.grid.n if plan.global_guidance else 0
+    guided = plan.stage2_steps * plan.grid.n if plan.guided else 0
     layout = report.layout.steps if report.layout is not None else 0
     return halves * (layout + plan.stage1_steps * plan.grid.n + sum(report.stage2_windows_per_step) + guided)
 

@@ -3,11 +3,11 @@ validation, and the plan a run of them makes. Pure Python; the nodes and the pla
 build their inputs and checks from SETTINGS."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 from .layout import LAYOUTS
-from .plan import LATENT_SCALE, STAGE2_MODES, Plan, make_plan
+from .plan import LATENT_SCALE, STAGE2_MODES, Plan, make_plan, patch_grid
 from .windows import WINDOW_WEIGHTS
 
 MAX_AUTO_WINDOW_BATCH = 16  # the reference's window batch
@@ -43,6 +43,7 @@ class Setting:
     options: Sequence[str] | None = None
     advanced: bool = True
     when_absent: object = None   # the value for prompts saved before the input existed (then optional)
+    acts_on: tuple[str, ...] = LAYOUTS   # the layouts whose runs it changes (see inactive_settings)
 
     @property
     def default(self):
@@ -56,29 +57,31 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("patch_size", bounds=(0, 16384), step=LATENT_SCALE,
             tooltip="The model's native (training) size in px: the size of each stage-1 patch and stage-2 window. "
                     "0 = automatic from the model type (SDXL 1024, SD1.5 512)."),
-    Setting("window_stride", bounds=(0, 16384), step=LATENT_SCALE,
+    Setting("window_stride", acts_on=("patches",), bounds=(0, 16384), step=LATENT_SCALE,
             tooltip="Stage-2 window stride in px. Smaller = more overlap, smoother, slower (more windows). "
                     "0 = half the patch size (512 px on SDXL, as in the paper)."),
     Setting("stage_split", bounds=(0.0, 1.0), step=0.01, advanced=False,
-            tooltip="Where stage 1 (global structure, few patches) hands over to stage 2 (detail, overlapping "
+            tooltip="patches layout: where stage 1 (global structure, few patches) hands over to stage 2 (detail, "
                     "windows), as a noise level in ComfyUI's percent convention, so it means the same for every "
                     "scheduler. 0.5 = the paper's 25/25 of 50 SDXL steps. 0 = plain MultiDiffusion; 1 = stage 1 "
-                    "only. Raise it if subjects repeat."),
+                    "only. Raise it if subjects repeat. native first: its target pass starts after the split (at "
+                    "about 1 - layout_denoise), so the split changes nothing there unless raised past that; the "
+                    "run lists it as ignored where it did nothing."),
     Setting("window_batch_size", bounds=(0, 256),
             tooltip=f"Stage-2 windows per model call. Lower it if you run out of memory. 0 = as many as fit in "
                     f"free memory (at most {MAX_AUTO_WINDOW_BATCH})."),
-    Setting("window_jitter",
+    Setting("window_jitter", acts_on=("patches",),
             tooltip="Move the stage-2 windows by a small random offset at every step, so window borders never "
                     "stay in one place (the paper's default)."),
     Setting("pixel_interaction",
             tooltip="Shuffle pixels between the stage-1 patches before every model call, so all patches agree "
                     "on one layout. Off only for the paper's ablation (repeated subjects)."),
-    Setting("stage2_mode", options=STAGE2_MODES,
+    Setting("stage2_mode", acts_on=("patches",), options=STAGE2_MODES,
             tooltip="overlap: the paper's overlapping MultiDiffusion windows. shifted: windows that tile the "
                     "image without overlap, moved by a random offset every step so seams never stay in one "
                     "place - about as many model calls per step as stage-1 patches (faster). Native first's target "
-                    "pass always uses shifted."),
-    Setting("window_weights", options=WINDOW_WEIGHTS,
+                    "pass always runs shifted tiles."),
+    Setting("window_weights", acts_on=("patches",), options=WINDOW_WEIGHTS,
             tooltip="How overlapping stage-2 windows are blended. uniform: plain average (MultiDiffusion). "
                     "feathered: weights fade towards window borders, a smooth cross-fade (use it if you see "
                     "seams)."),
@@ -86,7 +89,7 @@ SETTINGS: tuple[Setting, ...] = (
             tooltip="Force at least this many stage-1 steps. Image-to-image with a low denoise starts below the "
                     "stage split and then runs stage 2 only (detail refinement, the input's layout kept); raise "
                     "this to let stage 1 rework the global structure too."),
-    Setting("global_guidance", bounds=(0.0, 1.0), step=0.05,
+    Setting("global_guidance", acts_on=("patches",), bounds=(0.0, 1.0), step=0.05,
             tooltip="Beyond the paper, off (0) by default. Stage 2 also runs the stage-1 patches and mixes their "
                     "whole-image prediction into the windows', with this weight at the split fading to 0 at the "
                     "end. Use it if subjects still repeat or small copies appear around a large one (1 = "
@@ -99,17 +102,51 @@ SETTINGS: tuple[Setting, ...] = (
                     "proportion; a target within the native area is sampled directly. patches: the paper's "
                     "CutDiffusion from noise at the target size. Only text-to-image runs (denoise 1) above "
                     "native size have a layout pass."),
-    Setting("layout_denoise", bounds=(0.0, 1.0), step=0.05, when_absent=0.3,
-            tooltip="native first only: the part of the schedule re-run at the target size after the native "
+    Setting("layout_denoise", acts_on=("native first",), bounds=(0.0, 1.0), step=0.05, when_absent=0.3,
+            tooltip="The part of the schedule re-run at the target size after the native "
                     "layout is upscaled (like KSampler's denoise for a hires fix). Lower keeps the layout "
                     "closer; 0.3 measured best on the demo model."),
-    Setting("layout_guidance", bounds=(0.0, 1.0), step=0.05, when_absent=1.0,
-            tooltip="native first only: how strongly the stage-1 patches (each a view of the whole image) hold "
+    Setting("layout_guidance", acts_on=("native first",), bounds=(0.0, 1.0), step=0.05, when_absent=1.0,
+            tooltip="How strongly the stage-1 patches (each a view of the whole image) hold "
                     "the layout while the target size is re-run: their coarse prediction replaces the tiles' "
                     "where a tile would start a new small subject; edges and texture stay the tiles' own. Fades "
                     "to 0 by the end; costs one patch set per step; applies where the patch grid is square. "
                     "0 = off."),
 )
+
+
+OVERLAP_ONLY = ("window_stride", "window_jitter", "window_weights")   # shifted tiles have no stride or blend
+
+
+def inactive_settings(config: CutDiffusionConfig, ran: str, plan: Plan | None) -> list[str]:
+    """The settings that changed nothing in a run whose target size ran `ran` ("native first": a layout
+    pass then the target pass; "patches": the paper's layout, also what native first runs for img2img),
+    with `plan` the target-size plan (None: sampled plainly, where only `layout` and `patch_size`, the
+    native size the target is within, acted)."""
+    if plan is None:
+        return [s.name for s in SETTINGS if s.name not in ("layout", "patch_size")]
+    out = []
+    for setting in SETTINGS:
+        inert = ran not in setting.acts_on
+        inert |= setting.name in OVERLAP_ONLY and plan.layout.mode == "shifted"
+        inert |= setting.name == "stage_split" and ran == "native first" and plan.stage1_steps == 0
+        inert |= setting.name == "pixel_interaction" and not (plan.stage1_steps or plan.guided)
+        if inert:
+            out.append(setting.name)
+    return out
+
+
+def ignored_settings(config: CutDiffusionConfig, ran: str, plan: Plan | None) -> list[str]:
+    """`name = value` of every setting the user changed from its default that this run did not use."""
+    return [f"{name} = {getattr(config, name)}" for name in inactive_settings(config, ran, plan)
+            if getattr(config, name) != _DEFAULTS[name]]
+
+
+def acts_on_note(setting: Setting) -> str:
+    """The tooltip's last sentence: which layout the setting changes."""
+    if set(setting.acts_on) == set(LAYOUTS):
+        return ""
+    return f" Acts on the {' and '.join(repr(name) for name in setting.acts_on)} layout only."
 
 
 def config_from_inputs(inputs: dict) -> CutDiffusionConfig:
@@ -158,25 +195,33 @@ def window_stride_latent(config: CutDiffusionConfig, native_px: int, latent_px: 
     return max(1, (config.window_stride or native_px // 2) // latent_px)
 
 
-def plan_native_first_pass(config: CutDiffusionConfig, **plan_args) -> tuple[CutDiffusionConfig, Plan]:
-    """The settings and plan of a native-first run's target pass: shifted tiles (overlapping
-    windows average their textures smooth) with the patches' coarse guidance at `layout_guidance`,
-    except on a non-square patch grid, whose strided views see the subject squashed and stretch
-    it back (the coherence table's `gg 1` rows at 1:2 / 2:1 / 3:1)."""
-    settings = replace(config, stage2_mode="shifted", global_guidance=config.layout_guidance)
-    plan = plan_run(settings, **plan_args)
-    if plan.global_guidance and plan.grid.rows != plan.grid.cols:
-        settings = replace(settings, global_guidance=0.0)
-        plan = plan_run(settings, **plan_args)
-    return settings, plan
+def plan_target_pass(config: CutDiffusionConfig, **plan_args) -> Plan:
+    """The plan of native first's target pass: shifted tiles (overlapping windows average their
+    textures smooth) held to the layout by the patches' block means at `layout_guidance`, except on
+    a non-square patch grid, whose strided views see the subject squashed and stretch it back (the
+    coherence table's `gg 1` rows at 1:2 / 2:1 / 3:1)."""
+    grid = patch_grid(plan_args["height"], plan_args["width"], *(2 * [plan_args["native_px"] // plan_args.get(
+        "latent_px", LATENT_SCALE)]))
+    guidance = "layout" if config.layout_guidance > 0 and grid.rows == grid.cols else "none"
+    return _plan(config, mode="shifted", guidance=guidance, **plan_args)
 
 
-def plan_run(config: CutDiffusionConfig, *, height: int, width: int, native_px: int, sigmas: Sequence[float],
-             split_sigma: float, latent_px: int = LATENT_SCALE) -> Plan:
-    """The plan of one run with `config` on a `height x width` latent (latent px, each `latent_px`
-    px), for a model trained at `native_px` whose noise level at `config.stage_split` is `split_sigma`."""
+def plan_run(config: CutDiffusionConfig, **plan_args) -> Plan:
+    """The plan of a run of the paper's layout with `config` (global_guidance beyond the paper)."""
+    return _plan(config, mode=config.stage2_mode, guidance="global" if config.global_guidance > 0 else "none",
+                 **plan_args)
+
+
+def guidance_strength(config: CutDiffusionConfig, plan: Plan) -> float:
+    """The weight at the first stage-2 step of the guidance `plan` runs."""
+    return {"global": config.global_guidance, "layout": config.layout_guidance}.get(plan.guidance, 0.0)
+
+
+def _plan(config: CutDiffusionConfig, *, mode: str, guidance: str, height: int, width: int, native_px: int,
+          sigmas: Sequence[float], split_sigma: float, latent_px: int = LATENT_SCALE) -> Plan:
+    """The plan of one run on a `height x width` latent (latent px, each `latent_px` px), for a
+    model trained at `native_px` whose noise level at `config.stage_split` is `split_sigma`."""
     native, stride = native_px // latent_px, window_stride_latent(config, native_px, latent_px)
     return make_plan(height=height, width=width, native=(native, native), stride=(stride, stride), sigmas=sigmas,
                      split_sigma=split_sigma, stage_split=config.stage_split, jitter=config.window_jitter,
-                     mode=config.stage2_mode, min_stage1_steps=config.min_stage1_steps,
-                     global_guidance=config.global_guidance > 0, latent_px=latent_px)
+                     mode=mode, min_stage1_steps=config.min_stage1_steps, guidance=guidance, latent_px=latent_px)

@@ -29,13 +29,14 @@ import comfy.sample
 import comfy.utils
 
 from .conditioning import check_conds, pad_image_conds, pad_mask, views_of_image_conds, window_conds
-from .config import (MAX_AUTO_WINDOW_BATCH, CutDiffusionConfig, plan_native_first_pass, plan_run, validate_config,
-                     validate_for_latent, validate_stride, window_stride_latent)
-from .layout import NativeFirst, is_full_noise, native_first, upscale
+from .config import (MAX_AUTO_WINDOW_BATCH, CutDiffusionConfig, guidance_strength, ignored_settings, plan_run,
+                     plan_target_pass, validate_config, validate_for_latent, validate_stride, window_stride_latent)
+from .layout import NativeFirst, is_full_noise, native_first, sample_native_first
 from .native_size import latent_px, native_size_px
 from .patches import unfold_patches
 from .plan import EVALUATIONS_PER_STEP, Window, global_guidance_weight
 from .run_state import RunReport, RunState
+from .spatial_tile import patch_views, window_views
 from .stages import anchor_to_layout, guide_by_patches, guide_low_frequencies, stage1_denoise, stage2_denoise
 from .windows import make_weights
 from .wrapping import WRAPPERS, install, run_holder, run_of, watch_step_callback
@@ -122,12 +123,31 @@ class CutDiffusionPatch:
                      disable_pbar=False, seed=None, **kwargs):
         guider = executor.class_obj
         first = self._native_first(guider, noise, sigmas, denoise_mask)
-        if first is not None and first.is_whole_run:
+        if first is None:   # the paper's layout; under native first also img2img, masks and schedule segments
+            return self._target_pass(executor, noise, latent_image, sampler, sigmas, denoise_mask, callback,
+                                     disable_pbar, seed, kwargs)
+        if first.is_whole_run:
             self._report_plain(first.summary(self.latent_px), first)
             return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
-        if first is not None:
-            noise, latent_image, sigmas, callback = self._layout_pass(
-                executor, first, noise, latent_image, sampler, sigmas, callback, disable_pbar, seed, kwargs)
+        total = len(sigmas) - 1
+
+        def layout_pass() -> torch.Tensor:
+            return self._layout_pass(executor, first, noise, sampler, sigmas,
+                                     _progress(callback, lambda i: i * first.refine_from // total, total),
+                                     disable_pbar, seed, kwargs)
+
+        def target_pass(layout: torch.Tensor, refine_from: int) -> torch.Tensor:
+            fresh = comfy.sample.prepare_noise(torch.zeros(layout.shape), int(seed or 0) + 1).to(noise)
+            return self._target_pass(executor, fresh, layout.to(latent_image), sampler, sigmas[refine_from:], None,
+                                     _progress(callback, lambda j: refine_from + j, total), disable_pbar, seed,
+                                     kwargs, first)
+        return sample_native_first(first, layout_pass, target_pass, *noise.shape[-2:])
+
+    def _target_pass(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar,
+                     seed, kwargs, first: NativeFirst | None = None):
+        """The pack's run at the target size: the paper's two stages, or native first's target pass
+        (`first`: held to the upscaled layout `latent_image`)."""
+        guider = executor.class_obj
         run = self._start_run(guider, noise, sigmas, seed, first)
         if run is None:
             return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
@@ -137,7 +157,7 @@ class CutDiffusionPatch:
             noise, latent_image, denoise_mask = self._pad(run, noise, latent_image, denoise_mask)
             pad_image_conds(guider.conds, height, width, (0, plan.pad_w, 0, plan.pad_h), self.latent_px)
             if kwargs.get("latent_shapes") is not None and len(kwargs["latent_shapes"]) == 1:
-                kwargs["latent_shapes"] = [noise.shape]
+                kwargs = dict(kwargs, latent_shapes=[noise.shape])
         if first is not None:   # the layout in the space the model's predictions are in
             anchor = guider.model_patcher.model.process_latent_in(latent_image)
             run.layout_anchor = anchor[:, :, 0] if _single_frame(anchor) else anchor
@@ -158,32 +178,30 @@ class CutDiffusionPatch:
         native = self.native_px // self.latent_px
         return native_first(noise.shape[-2], noise.shape[-1], native, len(sigmas) - 1, self.config.layout_denoise)
 
-    def _layout_pass(self, executor, first: NativeFirst, noise, latent_image, sampler, sigmas, callback,
-                     disable_pbar, seed, kwargs):
-        """Sample the layout at about native size (plain: no run state, so every wrapper passes it
-        through), upscale it, and hand back the target pass: fresh noise, the upscaled latent, the
-        schedule's tail and a progress callback that counts both passes as one run's steps."""
+    def _layout_pass(self, executor, first: NativeFirst, noise, sampler, sigmas, callback, disable_pbar, seed,
+                     kwargs) -> torch.Tensor:
+        """The layout at about native size, sampled plainly (no run state, so every wrapper passes it
+        through) from the run's seed; the conds, which size themselves to it, are put back after."""
         guider = executor.class_obj
-        conds = {k: [c.copy() for c in v] for k, v in guider.conds.items()}   # the layout pass sizes its own
+        conds = {k: [c.copy() for c in v] for k, v in guider.conds.items()}
         small = torch.zeros((*noise.shape[:-2], first.height, first.width))
         small_noise = comfy.sample.prepare_noise(small, int(seed or 0)).to(device=noise.device, dtype=noise.dtype)
         small_kwargs = dict(kwargs)
         if small_kwargs.get("latent_shapes") is not None and len(small_kwargs["latent_shapes"]) == 1:
             small_kwargs["latent_shapes"] = [small_noise.shape]
-        total = len(sigmas) - 1
-        layout = executor(small_noise, torch.zeros_like(small_noise), sampler, sigmas, None,
-                          _progress(callback, lambda i: i * first.refine_from // total, total), disable_pbar, seed,
-                          **small_kwargs)
+        layout = executor(small_noise, torch.zeros_like(small_noise), sampler, sigmas, None, callback, disable_pbar,
+                          seed, **small_kwargs)
         guider.conds = conds
-        latent = upscale(layout, *noise.shape[-2:]).to(latent_image)
-        target_noise = comfy.sample.prepare_noise(torch.zeros(latent.shape), int(seed or 0) + 1).to(noise)
-        tail = sigmas[first.refine_from:]
-        return target_noise, latent, tail, _progress(callback, lambda j: first.refine_from + j, total)
+        return layout
 
     def _report_plain(self, note: str, first: NativeFirst) -> None:
-        log.info("CutDiffusion: %s", note)
+        notes = [note]
+        ignored = ignored_settings(self.config, "native first", None)
+        if ignored:
+            notes.append("ignored by this run (sampled directly): " + ", ".join(ignored))
+        log.info("CutDiffusion: %s", "; ".join(notes))
         if self.report is not None:
-            self.report.plan, self.report.notes, self.report.layout = None, [note], first
+            self.report.plan, self.report.notes, self.report.layout = None, notes, first
             self.report.stage1_evaluations = self.report.stage2_evaluations = 0
 
     def _start_run(self, guider, noise, sigmas, seed, first: NativeFirst | None = None) -> RunState | None:
@@ -199,16 +217,19 @@ class CutDiffusionPatch:
         plan_args = dict(height=noise.shape[-2], width=noise.shape[-1], native_px=self.native_px,
                          latent_px=self.latent_px, sigmas=sigma_list,
                          split_sigma=float(model_sampling.percent_to_sigma(self.config.stage_split)))
-        if first is None:
-            cfg, plan = self.config, plan_run(self.config, **plan_args)
-        else:
-            cfg, plan = plan_native_first_pass(self.config, **plan_args)
+        cfg = self.config
+        plan = plan_run(cfg, **plan_args) if first is None else plan_target_pass(cfg, **plan_args)
         report = self.report if self.report is not None else RunReport()
         report.plan, report.batch, report.notes = plan, noise.shape[0], []
         report.stage1_evaluations = report.stage2_evaluations = 0
         report.layout = first
         if first is not None:
             report.notes.append(first.summary(self.latent_px))
+        ignored = ignored_settings(cfg, "patches" if first is None else "native first", plan)
+        if ignored:
+            report.notes.append(f"ignored by this run ({'patches' if first is None else 'native first'} layout): "
+                                + ", ".join(ignored))
+            log.info("CutDiffusion: %s", report.notes[-1])
         # One step from above the split to zero noise cannot be two stages. A one-step
         # segment of a longer schedule (KSamplerAdvanced, SplitSigmas) has its stage.
         if plan.steps == 1 and plan.stage1_steps == 1 and sigma_list[-1] <= 0.0 and 0.0 < cfg.stage_split < 1.0:
@@ -221,7 +242,7 @@ class CutDiffusionPatch:
                                 "only window refinement; raise denoise or set min_stage1_steps for stage 1")
             log.warning("CutDiffusion: %s", report.notes[-1])
         log.info("CutDiffusion: %s", plan.summary())
-        run = RunState(plan, int(seed or 0), report, sigma_list, guidance=cfg.global_guidance)
+        run = RunState(plan, int(seed or 0), report, sigma_list, guidance=guidance_strength(cfg, plan))
         stride = window_stride_latent(cfg, self.native_px, self.latent_px)
         run.window_weights = make_weights(cfg.window_weights, plan.layout.win_h - stride, plan.layout.win_w - stride)
         return run
@@ -293,10 +314,10 @@ class CutDiffusionPatch:
         predictions = stage2_denoise(x_in, call.windows(tuple(x_in.shape[-2:]), step.shift), step, call.slots,
                                      windows_per_call=windows_per_call, weights=run.window_weights,
                                      tiles=tiles if tiled else None, buffers=run.blend_buffers_for)
-        if run.plan.global_guidance:
+        if run.plan.guided:
             weight = global_guidance_weight(run.guidance, run.eval_step - run.plan.stage1_steps,
                                             run.plan.stage2_steps)
-            if run.layout_anchor is not None:   # native first: the patches guide by their block means only
+            if run.plan.guidance == "layout":   # the patches' block means only
                 grid = run.plan.grid
                 predictions = guide_low_frequencies(predictions, call.stage1(x_in), weight, grid.rows, grid.cols)
             else:
@@ -330,11 +351,14 @@ class _ModelCall:
         self.slots = [c is not None for c in conds]
         self.halves = sum(self.slots)
 
-    def _model(self, images: torch.Tensor, views: int, conds: list) -> list[torch.Tensor]:
+    def _model(self, images: torch.Tensor, views: int, conds: list, where: dict | None = None) -> list[torch.Tensor]:
         comfy.model_management.throw_exception_if_processing_interrupted()
         if self.frames:
             images = images.unsqueeze(2)
-        out = self.executor(self.model, conds, images, _repeat_timestep(self.timestep, views), self.model_options)
+        options = self.model_options
+        if where:   # the run's own options stay as they are; this call's copy says where its images lie
+            options = dict(options, transformer_options={**options.get("transformer_options", {}), **where})
+        out = self.executor(self.model, conds, images, _repeat_timestep(self.timestep, views), options)
         return [o[:, :, 0] for o in out] if self.frames else out
 
     def whole(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -358,7 +382,7 @@ class _ModelCall:
                                                                              patches.stop * batch]
             conds = [None if c is None else [views_of_image_conds(cond, frame, batch, view) for cond in c]
                      for c in self.conds]
-            return self._model(stack, len(patches), conds)
+            return self._model(stack, len(patches), conds, patch_views(grid, patches, frame))
         return stage1_denoise(x, denoise, grid, permutation, patches_per_call)
 
     def windows(self, frame_hw: tuple[int, int], shift: tuple[int, int]):
@@ -368,7 +392,7 @@ class _ModelCall:
             batch = images.shape[0] // len(windows)
             conds = [window_conds(self.model, c, windows, batch, frame_hw, shift, self.run, controls)
                      for c in self.conds]
-            return self._model(images, len(windows), conds)
+            return self._model(images, len(windows), conds, window_views(windows, frame_hw, shift))
         return denoise
 
 

@@ -5,13 +5,14 @@ selects on the demo model draws the layout at the model's native area instead (a
 target's aspect), upscales that latent bicubically and re-runs only the last `layout_denoise`
 of the schedule at the target size, where the noise left is below the stage split: stage 2 in
 shifted tiles, with the stage-1 patches' coarse prediction holding the layout
-(config.plan_native_first_pass; BENCHMARKS.md, coherence).
+(sample_native_first; BENCHMARKS.md, coherence).
 Pure Python/torch; sizes in latent px.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,23 @@ def native_first(height: int, width: int, native: int, steps: int, layout_denois
     layout_h, layout_w = max(1, round(height * scale)), max(1, round(width * scale))
     kept = 0 if (layout_h, layout_w) == (height, width) else max(1, round(layout_denoise * steps))
     return NativeFirst(layout_h, layout_w, steps, steps - kept, native * native)
+
+
+def sample_native_first(first: NativeFirst, layout_pass: Callable[[], torch.Tensor],
+                        target_pass: Callable[[torch.Tensor, int], torch.Tensor], height: int, width: int
+                        ) -> torch.Tensor:
+    """Native first, the whole composition (its three parts are the caller's):
+
+    1. `layout_pass()`: the whole schedule, plain sampling, at the native area with the target's
+       aspect (first.height x first.width) from the run's seed;
+    2. `upscale`: that latent, bicubic, to the target's `height x width`;
+    3. `target_pass(latent, first.refine_from)`: the schedule from step `refine_from` at the target
+       size on fresh noise, where stage 2 runs in shifted tiles, each prediction's coarse structure
+       held to the upscaled layout (stages.anchor_to_layout) and the tiles guided by the stage-1
+       patches' block means (stages.guide_low_frequencies; config.plan_target_pass).
+    """
+    layout = layout_pass()
+    return target_pass(upscale(layout, height, width), first.refine_from)
 
 
 def upscale(latent: torch.Tensor, height: int, width: int) -> torch.Tensor:

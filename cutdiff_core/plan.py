@@ -96,6 +96,13 @@ class Window:
 
 STAGE2_MODES = ("overlap", "shifted")
 
+# What stage 2 takes from the stage-1 patches (beyond the paper). global: their whole prediction
+# mixed in (global_guidance, the paper's layout); layout: only what they agree on, their block means
+# (layout_guidance, native first's target pass); none: the paper's stage 2.
+GUIDANCE_KINDS = ("none", "global", "layout")
+GUIDANCE_WORDS = {"none": "", "global": " guided by the stage-1 patches",
+                  "layout": " held to the layout by the stage-1 patches' block means"}
+
 
 @dataclass(frozen=True)
 class StepWindows:
@@ -222,8 +229,13 @@ class Plan:
     layout: WindowLayout  # over the padded working latent
     steps: int
     stage1_steps: int
-    global_guidance: bool = False   # stage 2 also evaluates the stage-1 patches (beyond the paper)
+    guidance: str = "none"          # what stage 2 also takes from the stage-1 patches: GUIDANCE_KINDS
     latent_px: int = LATENT_SCALE   # pixels per latent pixel, for sizes said in px
+
+    @property
+    def guided(self) -> bool:
+        """Stage 2 also evaluates the stage-1 patches (beyond the paper), one set per step."""
+        return self.guidance != "none"
 
     @property
     def stage2_steps(self) -> int:
@@ -231,7 +243,7 @@ class Plan:
 
     @property
     def uses_patch_grid(self) -> bool:
-        return _uses_patch_grid(self.stage1_steps, self.global_guidance, self.layout.mode)
+        return _uses_patch_grid(self.stage1_steps, self.guided, self.layout.mode)
 
     @property
     def pad_h(self) -> int:
@@ -248,7 +260,7 @@ class Plan:
         Counts first-order samplers; a sampler with k model calls per step makes k times as many.
         """
         per_image = self.stage1_steps * self.grid.n + self.stage2_steps * self.layout.count
-        if self.global_guidance:
+        if self.guided:
             per_image += self.stage2_steps * self.grid.n
         return per_image * batch * cfg_batches
 
@@ -261,31 +273,34 @@ class Plan:
         return (f"{self.width * px}x{self.height * px} px: stage 1 {self.stage1_steps} steps on "
                 f"{g.rows}x{g.cols} patches of {g.patch_w * px}x{g.patch_h * px} px{pad}; stage 2 "
                 f"{self.stage2_steps} steps on {len(lay.ys)}x{len(lay.xs)} {kind} of {size}"
-                f"{' guided by the stage-1 patches' if self.global_guidance else ''}; "
+                f"{GUIDANCE_WORDS[self.guidance]}; "
                 f"{self.model_evaluations(cfg_batches=1)} model evaluations per image and CFG half")
 
 
-def _uses_patch_grid(stage1_steps: int, global_guidance: bool, mode: str) -> bool:
+def _uses_patch_grid(stage1_steps: int, guided: bool, mode: str) -> bool:
     """Whether any evaluation sees the patch grid: stage 1, global guidance or shifted tiles.
     Overlapping windows fit any size, so without one (stage_split 0, the default mode) the run
     is MultiDiffusion at the target size itself and needs no padding (spec 3.5)."""
-    return stage1_steps > 0 or global_guidance or mode == "shifted"
+    return stage1_steps > 0 or guided or mode == "shifted"
 
 
 def make_plan(*, height: int, width: int, native: tuple[int, int], stride: tuple[int, int],
               sigmas: Sequence[float], split_sigma: float, stage_split: float, jitter: bool,
-              mode: str = "overlap", min_stage1_steps: int = 0, global_guidance: bool = False,
+              mode: str = "overlap", min_stage1_steps: int = 0, guidance: str = "none",
               latent_px: int = LATENT_SCALE) -> Plan:
     """The plan for a `height x width` latent: patches of the model's `native` (h, w) size,
-    stage-2 windows `stride` (h, w) apart, stage 1 while the noise is above `split_sigma`."""
+    stage-2 windows `stride` (h, w) apart, stage 1 while the noise is above `split_sigma`, stage 2
+    guided by the patches as `guidance` says (none where there is one patch: it is the window)."""
+    if guidance not in GUIDANCE_KINDS:
+        raise ValueError(f"guidance must be one of {GUIDANCE_KINDS}, got {guidance!r}")
     native_h, native_w = native
     grid = patch_grid(height, width, native_h, native_w)
     t1 = stage1_steps(sigmas, split_sigma, stage_split, min_stage1_steps)
-    guided = global_guidance and grid.n > 1   # one patch: the "global" view is the window itself
-    padded = _uses_patch_grid(t1, guided, mode)
+    guidance = guidance if grid.n > 1 else "none"   # one patch: the "global" view is the window itself
+    padded = _uses_patch_grid(t1, guidance != "none", mode)
     work_h, work_w = (grid.padded_h, grid.padded_w) if padded else (height, width)
     layout = window_layout(work_h, work_w, native_h, native_w, *stride, jitter, mode, grid)
-    return Plan(height, width, grid, layout, len(sigmas) - 1, t1, guided, latent_px)
+    return Plan(height, width, grid, layout, len(sigmas) - 1, t1, guidance, latent_px)
 
 
 GLOBAL_GUIDANCE_DECAY = 0.25  # the cosine's power; how it was chosen: BENCHMARKS.md, global guidance

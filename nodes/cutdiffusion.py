@@ -6,7 +6,7 @@ import inspect
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..cutdiff_core.config import SETTINGS, Setting, config_from_inputs
+from ..cutdiff_core.config import SETTINGS, Setting, acts_on_note, config_from_inputs
 from ..cutdiff_core.cutdiffusion_patch import RunReport, apply_cutdiffusion, sample
 
 CATEGORY = "sampling/cutdiffusion"
@@ -22,7 +22,7 @@ def advanced(input_class) -> dict:
 
 def _setting_input(setting: Setting):
     """The node input for one of the patch's settings, as the config defines it."""
-    common = dict(default=setting.default, tooltip=setting.tooltip)
+    common = dict(default=setting.default, tooltip=setting.tooltip + acts_on_note(setting))
     if setting.options is not None:
         kind, extra = io.Combo, dict(options=list(setting.options))
     elif isinstance(setting.default, bool):
@@ -52,9 +52,13 @@ class CutDiffusion(io.ComfyNode):
             node_id="CutDiffusion",
             display_name="CutDiffusion",
             category=CATEGORY,
-            description="Patch a model for tuning-free high-resolution generation (CutDiffusion, arXiv 2404.15141): "
-                        "stage 1 denoises the whole structure on a few interleaved native-size patches, stage 2 "
-                        "refines detail with overlapping windows. Use it with any sampler node at a large latent size.",
+            description="Patch a model for tuning-free high-resolution generation; use it with any sampler node at a "
+                        "large latent size. Default (layout native first, beyond the paper): the image is drawn at "
+                        "the model's native area, upscaled, and the last layout_denoise of the schedule re-run at "
+                        "the target size in shifted tiles held to that layout, CutDiffusion's stage-1 patches "
+                        "guiding it. layout patches: the paper's CutDiffusion (arXiv 2404.15141), stage 1 on "
+                        "interleaved native-size patches, stage 2 in overlapping windows. Greyed inputs are not "
+                        "used by the chosen layout.",
             inputs=[io.Model.Input("model", tooltip="The model to patch (it is not modified; a patched copy is returned).")]
                    + patch_inputs(),
             outputs=[io.Model.Output(tooltip="The model with CutDiffusion: sample it at the target size with "
@@ -74,8 +78,12 @@ class CutDiffusionKSampler(io.ComfyNode):
             node_id="CutDiffusionKSampler",
             display_name="CutDiffusion KSampler",
             category=CATEGORY,
-            description="KSampler for images larger than the model's native size: CutDiffusion's two stages in one "
-                        "ordinary sampling run. At the native size it gives exactly KSampler's result.",
+            description="KSampler for images larger than the model's native size. Default (layout native first, "
+                        "beyond the paper): a layout pass at the native area, a bicubic upscale, then the last "
+                        "layout_denoise of the schedule at the target size in shifted tiles held to the layout "
+                        "(CutDiffusion's patches as guidance). layout patches: the paper's two stages in one "
+                        "sampling run. At the native size it gives exactly KSampler's result; the preview shows "
+                        "the plan and greys the inputs the chosen layout does not use.",
             inputs=[
                 io.Model.Input("model", tooltip="The model used for denoising (SDXL, SD1.5, ...)."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,

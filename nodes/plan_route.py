@@ -18,7 +18,7 @@ import logging
 import comfy.model_sampling
 import comfy.samplers
 
-from ..cutdiff_core.config import (SETTINGS, CutDiffusionConfig, Setting, plan_native_first_pass, plan_run,
+from ..cutdiff_core.config import (SETTINGS, CutDiffusionConfig, Setting, inactive_settings, plan_run, plan_target_pass,
                                    validate_config, validate_stride, window_stride_latent)
 from ..cutdiff_core.layout import is_full_noise, native_first
 from ..cutdiff_core.plan import EVALUATIONS_PER_STEP, LATENT_SCALE, window_layout
@@ -123,7 +123,7 @@ def preview_plan(params: dict) -> dict:
     plan_args = dict(height=height, width=width, native_px=native_px,
                      sigmas=sigmas[first.refine_from:] if first else sigmas,
                      split_sigma=float(_DISCRETE.percent_to_sigma(config.stage_split)))
-    plan = plan_native_first_pass(config, **plan_args)[1] if first else plan_run(config, **plan_args)
+    plan = plan_target_pass(config, **plan_args) if first else plan_run(config, **plan_args)
     grid, layout = plan.grid, plan.layout
     per_image = plan.model_evaluations(cfg_batches=1) + (first.layout_evaluations if first else 0)
     # ComfyUI skips the uncond half when cfg is exactly 1.
@@ -135,7 +135,10 @@ def preview_plan(params: dict) -> dict:
         assumptions.append(f"{sampler_name} evaluates the model about {EVALUATIONS_PER_STEP[sampler_name]} times "
                            "per step")
     px = LATENT_SCALE
+    inactive = inactive_settings(config, "native first" if first else "patches",
+                                 None if first is not None and first.is_whole_run else plan)
     return {
+        "settings": [setting.name for setting in SETTINGS], "inactive": inactive,
         "width": width_px, "height": height_px,
         "native_px": native_px, "stride_px": stride * px,
         "grid": {"rows": grid.rows, "cols": grid.cols, "patch_h": grid.patch_h * px, "patch_w": grid.patch_w * px,
@@ -149,7 +152,7 @@ def preview_plan(params: dict) -> dict:
                                               "direct": first.is_whole_run,
                                               "summary": first.summary(px)},
         "steps": plan.steps, "stage1_steps": plan.stage1_steps, "stage2_steps": plan.stage2_steps,
-        "guided": plan.global_guidance,
+        "guided": plan.guided, "guidance": plan.guidance,
         "evaluations_per_image": per_image,
         "evaluations_with_cfg": per_image * cfg_halves,
         "multidiffusion_evaluations": (len(sigmas) - 1) * _multidiffusion_windows(plan, native, stride,

@@ -115,7 +115,7 @@ def test_global_guidance_evaluations_match_the_plan(model, conds, mode):
         got, report = run_cut(model, rt.empty_latent(2 * PATCH, 2 * PATCH), steps=6, conds=conds, patch_size=PATCH,
                               stage2_mode=mode, global_guidance=0.5)
     plan = report.plan
-    assert plan.global_guidance
+    assert plan.guided
     windows = sum(report.stage2_windows_per_step)
     # Every stage-2 step also evaluates the 4 patches; both CFG halves.
     assert counter.images == 2 * (plan.steps * 4 + windows) == plan.model_evaluations()
@@ -123,7 +123,7 @@ def test_global_guidance_evaluations_match_the_plan(model, conds, mode):
     # At the native size there is one patch: nothing to guide with, no extra evaluations.
     native, native_report = run_cut(model, rt.empty_latent(PATCH, PATCH), steps=4, conds=conds, patch_size=PATCH,
                                     global_guidance=0.5)
-    assert not native_report.plan.global_guidance
+    assert not native_report.plan.guided
 
 
 def test_global_guidance_out_of_range_is_a_clear_error(model):

@@ -210,7 +210,7 @@ def test_native_first_layout_pass_sees_the_whole_hint_and_the_tiles_their_crops(
     finally:
         calls.close()
     first, plan = report.layout, report.plan
-    assert (first.height, first.width) == (NATIVE, NATIVE) and plan.global_guidance
+    assert (first.height, first.width) == (NATIVE, NATIVE) and plan.guided
     layout_calls, target_calls = calls.calls[:first.steps], calls.calls[first.steps:]
     whole = comfy.utils.common_upscale(hint, PATCH, PATCH, "nearest-exact", "center")[0]   # layout size = patch size
     for _, x, layout_hint in layout_calls:

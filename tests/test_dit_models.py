@@ -592,7 +592,7 @@ def test_native_first_runs_on_every_family(family, w_px, h_px):
                               conds=family.conds(batch=2), patch_size=PATCH, layout="native first")
     first, plan = report.layout, report.plan
     assert first is not None and not first.is_whole_run and plan.steps == first.steps - first.refine_from
-    assert plan.layout.mode == "shifted" and plan.global_guidance == (plan.grid.rows == plan.grid.cols)
+    assert plan.layout.mode == "shifted" and plan.guided == (plan.grid.rows == plan.grid.cols)
     assert counter.images == 2 * 2 * first.steps + plan.model_evaluations(batch=2)
     assert out.shape == _samples_shape(family, 2, h_px // family.scale, w_px // family.scale)
     assert torch.isfinite(out).all()

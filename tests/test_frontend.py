@@ -52,6 +52,21 @@ def test_preview_refuses_what_the_node_refuses():
         preview_plan({"scheduler": "no_such_scheduler"})
 
 
+def test_preview_greys_the_inputs_the_layout_does_not_use():
+    native = preview_plan({"width": 2048, "height": 2048, "steps": 30})
+    assert set(native["inactive"]) == {"window_stride", "window_jitter", "stage2_mode", "window_weights",
+                                       "global_guidance", "stage_split"}
+    assert set(native["settings"]) >= set(native["inactive"]) | {"layout", "layout_denoise", "layout_guidance"}
+    late = preview_plan({"width": 2048, "height": 2048, "steps": 30, "stage_split": 0.9})   # after the re-entry
+    assert "stage_split" not in late["inactive"] and late["stage1_steps"] > 0
+    paper = preview_plan({"width": 2048, "height": 2048, "steps": 30, "layout": "patches"})
+    assert set(paper["inactive"]) == {"layout_denoise", "layout_guidance"}
+    shifted = preview_plan({"width": 2048, "height": 2048, "steps": 30, "layout": "patches", "stage2_mode": "shifted"})
+    assert {"window_stride", "window_jitter", "window_weights"} <= set(shifted["inactive"])
+    direct = preview_plan({"width": 1536, "height": 512, "steps": 30})    # within the native area: sampled directly
+    assert set(direct["inactive"]) == set(direct["settings"]) - {"layout", "patch_size"}
+
+
 def test_preview_equals_the_plan_a_run_reports():
     """The preview and a real CutDiffusion KSampler run (tiny SDXL, its own discrete schedule)
     describe the same plan, word for word. One run (CPU time) that exercises the tricky parts:

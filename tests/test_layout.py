@@ -104,7 +104,7 @@ def test_layout_guidance_runs_the_patches_on_square_grids_only(model, conds):
         guided, report = run_cut(model, square, seed=4, steps=10, conds=conds, patch_size=PATCH,
                                  layout="native first", layout_guidance=1.0)
     plan = report.plan
-    assert plan.global_guidance and plan.layout.mode == "shifted" and (plan.grid.rows, plan.grid.cols) == (2, 2)
+    assert plan.guided and plan.layout.mode == "shifted" and (plan.grid.rows, plan.grid.cols) == (2, 2)
     assert sum(counter.batches) == 2 * 10 + 2 * plan.steps * (plan.layout.count + 4) == plan.model_evaluations() + 20
     unguided, _ = run_cut(model, square, seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first",
                           layout_guidance=0.0)
@@ -113,7 +113,7 @@ def test_layout_guidance_runs_the_patches_on_square_grids_only(model, conds):
     wide = rt.empty_latent(3 * PATCH, 2 * PATCH)
     guided, report = run_cut(model, wide, seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first",
                              layout_guidance=1.0)
-    assert not report.plan.global_guidance and (report.plan.grid.rows, report.plan.grid.cols) == (2, 3)
+    assert not report.plan.guided and (report.plan.grid.rows, report.plan.grid.cols) == (2, 3)
     unguided, _ = run_cut(model, wide, seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first",
                           layout_guidance=0.0)
     assert torch.equal(guided, unguided)
@@ -141,7 +141,7 @@ def test_layout_guidance_moves_only_what_the_patches_agree_on(model, conds):
     guided, report = run_cut(model, latent, layout_guidance=1.0, **args)
     unguided, _ = run_cut(model, latent, layout_guidance=0.0, **args)
     plan = report.plan
-    assert plan.steps == 1 and plan.global_guidance and (plan.grid.rows, plan.grid.cols) == (2, 2)
+    assert plan.steps == 1 and plan.guided and (plan.grid.rows, plan.grid.cols) == (2, 2)
     difference = (guided - unguided)[0]
     assert difference.abs().max() > 1e-2                      # the guidance does move the image
     height, width = difference.shape[-2:]
@@ -230,3 +230,19 @@ def test_preview_and_run_agree_on_the_layout_pass_for_every_scheduler(model, con
         comfy.sample.sample_custom(patched, noise, 5.0, comfy.samplers.sampler_object("euler"), sigmas, pos, neg,
                                    latent["samples"], disable_pbar=True, seed=1)
     assert report.plan is not None and report.layout is None
+
+
+def test_the_run_names_every_changed_setting_it_did_not_use(model, conds):
+    """Inputs that act (issue 24): what the chosen layout ignores is said in the report, not dropped silently."""
+    latent = rt.empty_latent(256, 256)
+    _, native = run_cut(model, latent, steps=3, conds=conds, patch_size=PATCH, layout="native first",
+                        window_stride=64, global_guidance=0.5, layout_denoise=0.4)
+    assert "ignored by this run (native first layout): window_stride = 64, global_guidance = 0.5" in native.summary()
+    _, paper = run_cut(model, latent, steps=3, conds=conds, patch_size=PATCH, layout="patches", layout_denoise=0.4,
+                       window_stride=64)
+    assert "ignored by this run (patches layout): layout_denoise = 0.4" in paper.summary()
+    _, defaults = run_cut(model, latent, steps=3, conds=conds, patch_size=PATCH, layout="native first")
+    assert "ignored" not in defaults.summary()
+    _, direct = run_cut(model, rt.empty_latent(3 * PATCH // 2, PATCH // 2), steps=2, conds=conds, patch_size=PATCH,
+                        layout="native first", stage_split=0.7)
+    assert "ignored by this run (sampled directly): stage_split = 0.7" in direct.summary()

@@ -57,7 +57,8 @@ function upstreamLatentSize(node) {
       return { width, height };
     }
     // Follow the image/latent the source is made from (VAEEncode.pixels, LatentUpscaleBy.samples, ...).
-    const next = source.inputs?.find((i) => i.link != null && ["IMAGE", "LATENT"].includes(i.type));
+    const next = source.inputs?.find((i, index) => ["IMAGE", "LATENT"].includes(i.type) &&
+      source.isInputConnected(index));
     if (!next) return null;
     current = source;
     slotName = next.name;
@@ -89,7 +90,16 @@ function planQuery(node, size) {
   return new URLSearchParams(params).toString();
 }
 
+// Grey the inputs the chosen layout does not use (the server says which: config.inactive_settings).
+function markInactive(node, plan) {
+  if (!plan?.settings) return;
+  for (const w of node.widgets ?? []) {
+    if (plan.settings.includes(w.name)) w.disabled = plan.inactive.includes(w.name);
+  }
+}
+
 function render(node) {
+  markInactive(node, node.cutdiffusion.plan);
   renderPlan(node.cutdiffusion.element, node.cutdiffusion);
   node.setDirtyCanvas?.(true, false);
 }
@@ -240,10 +250,9 @@ function downstreamSamplers(source) {
   const queue = [source];
   while (queue.length) {
     const node = queue.shift();
-    for (const output of node.outputs ?? []) {
+    for (const [slot, output] of (node.outputs ?? []).entries()) {
       if (output.type !== "MODEL") continue;
-      for (const linkId of output.links ?? []) {
-        const target = findNode(app.graph.getLink?.(linkId)?.target_id ?? app.graph.links?.[linkId]?.target_id);
+      for (const target of node.getOutputNodes(slot) ?? []) {
         if (!target || seen.has(target.id)) continue;
         seen.add(target.id);
         if (target.comfyClass === SAMPLER_NODE && target.cutdiffusion) found.push(target);

@@ -120,6 +120,10 @@ export function renderPlan(root, state) {
       ` · MultiDiffusion: ${plan.multidiffusion_evaluations}`,
       "stage-1 steps × patches + stage-2 steps × windows, in native-size model calls. " +
       "MultiDiffusion would run every step on all windows."));
+    if (plan.inactive?.length) {
+      root.appendChild(line("cutdiff-inactive", `not used by this layout: ${plan.inactive.join(", ")}`,
+        "These inputs change nothing in this run (greyed on the node); the run's report lists any you changed."));
+    }
     root.appendChild(line("cutdiff-assumptions", `approx.: ${plan.assumptions.join("; ")}`,
       "The preview cannot see the model: set patch_size for models other than SDXL. " +
       "The node's report after a run gives the exact numbers."));
@@ -135,7 +139,7 @@ export const PLAN_STYLE = `
 .cutdiff-diagram svg { flex: 1; min-height: 0; width: 100%; }
 .cutdiff-caption { text-align: center; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .cutdiff-steps, .cutdiff-evals, .cutdiff-last-run, .cutdiff-adaptive { margin-top: 2px; }
-.cutdiff-assumptions, .cutdiff-note { opacity: 0.6; margin-top: 2px; }
+.cutdiff-assumptions, .cutdiff-note, .cutdiff-inactive { opacity: 0.6; margin-top: 2px; }
 .cutdiff-error { color: #ff7070; }
 .cutdiff-last-run { color: #8fd18f; }
 .cutdiff-adaptive-report { font: 11px sans-serif; color: var(--input-text, #ddd); opacity: 0.6; padding: 2px 4px;
