@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_pure_modules_import_without_comfyui():
     code = ("import sys; import cutdiff_core.plan, cutdiff_core.patches, cutdiff_core.windows, "
-            "cutdiff_core.size_cond; bad = [m for m in sys.modules if m == 'comfy' or m.startswith('comfy.')]; "
+            "cutdiff_core.size_cond, cutdiff_core.stages, cutdiff_core.layout, cutdiff_core.config, "
+            "cutdiff_core.run_state, cutdiff_core.spatial_tile, cutdiff_core.adaptive; bad = [m for m in sys.modules if m == 'comfy' or m.startswith('comfy.')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
