@@ -100,8 +100,11 @@ CANDIDATES = [
               square_twin="native-first 0.3, shifted"),
     Candidate("native-first 0.3, shifted, native area + layout anchor", replace(PAPER, stage2_mode="shifted"),
               renoise=0.3, anchor=True),
-    Candidate("the pack: native first, layout_guidance 0", CutDiffusionConfig(layout_guidance=0.0)),
-    Candidate("the pack's default: native first, layout_guidance 1", CutDiffusionConfig()),
+    # Native first in tiles at 0.3, the pack's default from issue 17 to issue 23 (names kept: the stored cells').
+    Candidate("the pack: native first, layout_guidance 0",
+              CutDiffusionConfig(target_pass="tiles", layout_denoise=0.3, layout_guidance=0.0)),
+    Candidate("the pack's default: native first, layout_guidance 1",
+              CutDiffusionConfig(target_pass="tiles", layout_denoise=0.3)),
 ]
 MULTIDIFFUSION = CutDiffusionConfig(layout="patches", stage_split=0.0)
 

@@ -63,6 +63,7 @@ FIRST_SEED = {"selection": 1000, "held-out": 7000}
 FLOOR_SEED_OFFSET = 500          # the floor's native samples: other seeds of the same prompts
 PROMPTS_PER_SET = 8
 CROP_PX, CROPS_PER_IMAGE = 64, 8
+MIN_CROP_SPAN = 2.0              # FD_crop from the floor to the upscale reference below which positions are void
 
 
 def prompt_sets() -> dict[str, list[str]]:
@@ -88,6 +89,13 @@ class Method:
 
 
 DEFAULT = CutDiffusionConfig()
+# The default before issue 23 (native first 0.3 in tiles held to the layout, patches guiding): the
+# selection's candidates around it are its variants.
+TILED = CutDiffusionConfig(layout="native first", target_pass="tiles", layout_denoise=0.3)
+PREVIOUS_DEFAULT = "pack default (native first 0.3, tiles, anchor, guidance)"   # its name in the cells
+# The pack's default since issue 23 computes exactly what this method's core calls compute
+# (tests/test_layout.py::test_whole_frame_target_pass_is_a_hires_fix_of_core_calls): its rows are it.
+DEFAULT_IS = "hires fix 0.5"
 METHODS = [
     Method("direct inference", "direct", baseline=True),
     Method("MultiDiffusion", "pack", CutDiffusionConfig(layout="patches", stage_split=0.0), baseline=True),
@@ -102,11 +110,11 @@ METHODS = [
     Method("hires fix 0.3, progressive x2 area", "progressive", reentry=0.3),
     Method("hires fix 0.3, progressive x2 area, re-entry 0.4", "progressive", reentry=0.4),
     Method("whole frame 0.3 + layout anchor", "hires+anchor", reentry=0.3),
-    Method("pack default (native first 0.3, tiles, anchor, guidance)", "pack", DEFAULT),
-    Method("native first 0.25", "pack", replace(DEFAULT, layout_denoise=0.25)),
-    Method("native first 0.4", "pack", replace(DEFAULT, layout_denoise=0.4)),
-    Method("native first 0.5", "pack", replace(DEFAULT, layout_denoise=0.5)),
-    Method("native first 0.3, no layout guidance", "pack", replace(DEFAULT, layout_guidance=0.0)),
+    Method(PREVIOUS_DEFAULT, "pack", TILED),
+    Method("native first 0.25", "pack", replace(TILED, layout_denoise=0.25)),
+    Method("native first 0.4", "pack", replace(TILED, layout_denoise=0.4)),
+    Method("native first 0.5", "pack", replace(TILED, layout_denoise=0.5)),
+    Method("native first 0.3, no layout guidance", "pack", replace(TILED, layout_guidance=0.0)),
 ]
 
 
@@ -316,8 +324,8 @@ def run_set(demo, net, set_name: str, args, cells: dict) -> None:
             cell = measure(ystick, out, lines)
             cell["seconds"] = time.perf_counter() - start
             cells[key] = cell
-            CELLS.parent.mkdir(parents=True, exist_ok=True)
-            CELLS.write_text(json.dumps(cells, indent=0))
+            args.cells.parent.mkdir(parents=True, exist_ok=True)
+            args.cells.write_text(json.dumps(cells, indent=0))
             print(f"[{set_name}] {size:>10} | {method.name:<55} | {fmt_cell(cell)}", flush=True)
 
 
@@ -341,24 +349,52 @@ def main() -> None:
     parser.add_argument("--scheduler", default="normal")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--render", action="store_true", help="write the BENCHMARKS.md section from the stored cells")
+    parser.add_argument("--cells", type=Path, default=CELLS,
+                        help="where this run stores its cells (runs in parallel each need their own); --render "
+                             "reads the default file and merges every bench/results/detail_cells*.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     comfy.utils.set_progress_bar_enabled(False)
     demo = detail.load_detail_model()
     demo_model = demo.model
     coherence_bench.demo_model = demo.model
-    cells = json.loads(CELLS.read_text()) if CELLS.exists() else {}
+    cells = json.loads(args.cells.read_text()) if args.cells.exists() else {}
     if args.set:
         run_set(demo, dmx.load_feature_net(), args.set, args, cells)
     if args.render:
-        write_section(HEADING, render(cells, args))
+        write_section(HEADING, render(merge_cells(sorted(CELLS.parent.glob("detail_cells*.json"))), args))
+
+
+def merge_cells(paths: list[Path]) -> dict:
+    """The cells of several runs in one dict. A run's Fréchet distances are taken against its own native
+    samples (their number differs between runs), so every method cell gets its crop position against
+    its own run's floor and upscale reference here; where runs overlap, the floor and references shown
+    are those of the run with the most native images."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    runs.sort(key=lambda cells: max((c["images"] for k, c in cells.items() if k.endswith("|native|floor")), default=0))
+    merged = {}
+    for cells in runs:   # fewest native images first: the largest run's floor and references win
+        for key, cell in cells.items():
+            set_name, size, _ = key.split("|", 2)
+            floor = cells.get(f"{set_name}|native|floor")
+            reference = cells.get(f"{set_name}|{size}|bicubic upscale (pixel)")
+            if floor is not None and reference is not None and size != "native":
+                cell = dict(cell, position=crop_position(cell, floor, reference))
+            merged[key] = cell
+    return merged
 
 
 # -- the rule and the section ------------------------------------------------------------------------
 
 def crop_position(cell: dict, floor: dict, reference: dict) -> float:
-    """Where a cell's crop distance lies from the native floor (0) to the pixel-upscale reference (1)."""
-    return (cell["fd_crop"] - floor["fd_crop"]) / max(reference["fd_crop"] - floor["fd_crop"], 1e-9)
+    """Where a cell's crop distance lies from the native floor (0) to the pixel-upscale reference (1);
+    a merged cell carries it against its own run's floor and reference (merge_cells)."""
+    if "position" in cell:
+        return cell["position"]
+    span = reference["fd_crop"] - floor["fd_crop"]
+    # Just above the native area the upscale hardly magnifies (1.2x at 1.5x area): its crops read as
+    # native ones and there is no scale to place a cell on.
+    return (cell["fd_crop"] - floor["fd_crop"]) / span if span >= MIN_CROP_SPAN else float("nan")
 
 
 def detail_ok(cell: dict) -> bool:
@@ -398,6 +434,29 @@ def choose(cells: dict, set_name: str = "selection") -> tuple[str | None, list[s
     return min(close, key=lambda s: s[2])[3], notes
 
 
+SUMMARY_METHODS = [DEFAULT_IS, "hires fix 0.3 (core nodes)", PREVIOUS_DEFAULT, "direct inference",
+                   "CutDiffusion (paper)", "MultiDiffusion", "DemoFusion"]
+
+
+def summary_table(cells: dict, set_name: str = "held-out") -> list[str]:
+    """One row per method, one column per held-out size: one-object rate / crop position."""
+    sizes = [size for size in SIZES[set_name] if f"{set_name}|{size}|bicubic upscale (pixel)" in cells]
+    floor = cells.get(f"{set_name}|native|floor")
+    if not sizes or floor is None:
+        return []
+    out = [f"Held-out set, one object / crop position (0 = native floor, 1 = pixel upscale of native samples; "
+           f"native samples themselves draw one object in {floor['one']:.0%}):", "",
+           "| method | " + " | ".join(sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for name in SUMMARY_METHODS:
+        row = []
+        for size in sizes:
+            cell = cells.get(f"{set_name}|{size}|{name}")
+            reference = cells[f"{set_name}|{size}|bicubic upscale (pixel)"]
+            row.append("—" if cell is None else f"{cell['one']:.0%} / {_f(crop_position(cell, floor, reference))}")
+        out.append(f"| {LABELS.get(name, name)} | " + " | ".join(row) + " |")
+    return out + [""]
+
+
 COLUMNS = ("| method | images | one object | mean count | aspect | seam | contrast | FD whole | FD crop | crop position "
            "| edge width | finest octave | next octave | stripe period | time |\n|---" + "|---" * 14 + "|")
 
@@ -406,7 +465,12 @@ def _f(value, fmt=".2f") -> str:
     return "—" if value is None or not np.isfinite(value) else format(value, fmt)
 
 
+LABELS = {PREVIOUS_DEFAULT: "native first 0.3, tiles, anchor, guidance (the default before issue 23)",
+          DEFAULT_IS: f"{DEFAULT_IS} = **the pack's default** (native first 0.5, whole frame)"}
+
+
 def cell_row(name: str, cell: dict, floor: dict, reference: dict) -> str:
+    name = LABELS.get(name, name)
     return (f"| {name} | {cell['images']} | {cell['one']:.0%} | {cell['mean_count']:.2f} | {_f(cell['aspect'])} | "
             f"{_f(cell.get('seam', float('nan')))} | {_f(cell['contrast'])} | {cell['fd_whole']:.2f} | "
             f"{cell['fd_crop']:.2f} | {_f(crop_position(cell, floor, reference))} | {_f(cell['edge'])} | "
@@ -424,10 +488,16 @@ def render(cells: dict, args) -> str:
              "(native samples of other seeds), 1 = native samples upscaled bicubically in pixel space. Edge width "
              "and stripe period above 1 and octave power below 1 mean magnified rather than drawn detail. "
              "SDXL cost: native-size evaluations per image and CFG half at 50 steps (a whole-frame step counts "
-             "its area in native areas).", ""]
+             "its area in native areas). The cells come from runs with 24 and 16 images per cell (the images "
+             "column); each run's Fréchet distances are against its own native samples, so compare crop "
+             "positions across rows, raw distances only between rows with the same number of images. The "
+             "proxy's UNet did not learn the stripes (its pattern channel draws noisy contour lines), so the "
+             "stripe-period column measures those contours, and no method can meet the stripe target; seam "
+             "scores are high for every method, the references included (texture, not seams).", ""]
     winner, notes = choose(cells)
     lines += [f"Chosen on the selection set by the rule of `choose()`: **{winner or 'none yet'}**."
               + (" " + "; ".join(notes) + "." if notes else ""), ""]
+    lines += summary_table(cells)
     for set_name in SIZES:
         floor = cells.get(f"{set_name}|native|floor")
         if floor is None:

@@ -25,16 +25,16 @@ from cutdiff_demo import detail_metrics as dmx  # noqa: E402
 
 OUT = REPO / "docs" / "detail_comparison.png"
 SIZES = {"4x area": (256, 256), "16x area": (512, 512)}
-COLUMNS = ("direct inference", "CutDiffusion (paper)", "hires fix 0.3 (core nodes)",
-           "pack default (native first 0.3, tiles, anchor, guidance)")
-LABELS = {"hires fix 0.3 (core nodes)": "hires fix (core nodes)",
-          "pack default (native first 0.3, tiles, anchor, guidance)": "the pack's default"}
+COLUMNS = ("direct inference", "CutDiffusion (paper)", bench.PREVIOUS_DEFAULT, "hires fix 0.3 (core nodes)",
+           bench.DEFAULT_IS)
+LABELS = {"hires fix 0.3 (core nodes)": "hires fix 0.3 (core nodes)", bench.PREVIOUS_DEFAULT: "tiles 0.3 (old default)",
+          bench.DEFAULT_IS: "the pack's default (whole frame 0.5)"}
 WHOLE_PX, CROP_PX, LABEL_PX = 256, 128, 18
 
 
 def crop_at_object(image: np.ndarray) -> np.ndarray:
     """A CROP_PX square at pixel scale, centred on the largest object (the image centre without one)."""
-    masks = dmx.object_masks(image)
+    masks = dmx.counting_masks(image)
     cy, cx = (np.argwhere(masks[0]).mean(axis=0) if masks else np.array(image.shape[:2]) / 2).astype(int)
     top = int(np.clip(cy - CROP_PX // 2, 0, image.shape[0] - CROP_PX))
     left = int(np.clip(cx - CROP_PX // 2, 0, image.shape[1] - CROP_PX))
@@ -85,7 +85,7 @@ def main() -> None:
         for c, image in enumerate(tiles):
             sheet.paste(image, (c * width, r * height))
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(OUT, optimize=True)
+    sheet.quantize(colors=256).save(OUT, optimize=True)   # a palette keeps the README light
     print(f"wrote {OUT} ({OUT.stat().st_size / 1024:.0f} KiB): {prompt}, seed {seed}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Sequence
 
-from .layout import LAYOUTS
+from .layout import LAYOUTS, TARGET_PASSES
 from .plan import LATENT_SCALE, STAGE2_MODES, Plan, make_plan, patch_grid
 from .windows import WINDOW_WEIGHTS
 
@@ -16,7 +16,8 @@ MAX_AUTO_WINDOW_BATCH = 16  # the reference's window batch
 @dataclass(frozen=True)
 class CutDiffusionConfig:
     """The patch's settings, as on the CutDiffusion node (sizes in pixels). Defaults: the paper's,
-    except `layout` (native first: the configuration issue 17's rule selects; "patches" = the paper)."""
+    except native first's (`layout`, `layout_denoise`, `target_pass`: what issue 23's rule chose on the
+    detail proxy's selection set; "patches" = the paper)."""
     patch_size: int = 0
     window_stride: int = 0
     stage_split: float = 0.5
@@ -28,8 +29,9 @@ class CutDiffusionConfig:
     min_stage1_steps: int = 0
     global_guidance: float = 0.0
     layout: str = "native first"
-    layout_denoise: float = 0.3
+    layout_denoise: float = 0.5
     layout_guidance: float = 1.0
+    target_pass: str = "whole frame"
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Setting:
     options: Sequence[str] | None = None
     advanced: bool = True
     when_absent: object = None   # the value for prompts saved before the input existed (then optional)
-    acts_on: tuple[str, ...] = LAYOUTS   # the layouts whose runs it changes (see inactive_settings)
+    acts_on: tuple[str, ...] = ("patches", "native first, tiles", "native first, whole frame")   # RUN_KINDS it changes
 
     @property
     def default(self):
@@ -60,20 +62,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("window_stride", acts_on=("patches",), bounds=(0, 16384), step=LATENT_SCALE,
             tooltip="Stage-2 window stride in px. Smaller = more overlap, smoother, slower (more windows). "
                     "0 = half the patch size (512 px on SDXL, as in the paper)."),
-    Setting("stage_split", bounds=(0.0, 1.0), step=0.01, advanced=False,
+    Setting("stage_split", acts_on=("patches", "native first, tiles"), bounds=(0.0, 1.0), step=0.01, advanced=False,
             tooltip="patches layout: where stage 1 (global structure, few patches) hands over to stage 2 (detail, "
                     "windows), as a noise level in ComfyUI's percent convention, so it means the same for every "
                     "scheduler. 0.5 = the paper's 25/25 of 50 SDXL steps. 0 = plain MultiDiffusion; 1 = stage 1 "
                     "only. Raise it if subjects repeat. native first: its target pass starts after the split (at "
                     "about 1 - layout_denoise), so the split changes nothing there unless raised past that; the "
                     "run lists it as ignored where it did nothing."),
-    Setting("window_batch_size", bounds=(0, 256),
+    Setting("window_batch_size", acts_on=("patches", "native first, tiles"), bounds=(0, 256),
             tooltip=f"Stage-2 windows per model call. Lower it if you run out of memory. 0 = as many as fit in "
                     f"free memory (at most {MAX_AUTO_WINDOW_BATCH})."),
     Setting("window_jitter", acts_on=("patches",),
             tooltip="Move the stage-2 windows by a small random offset at every step, so window borders never "
                     "stay in one place (the paper's default)."),
-    Setting("pixel_interaction",
+    Setting("pixel_interaction", acts_on=("patches", "native first, tiles"),
             tooltip="Shuffle pixels between the stage-1 patches before every model call, so all patches agree "
                     "on one layout. Off only for the paper's ablation (repeated subjects)."),
     Setting("stage2_mode", acts_on=("patches",), options=STAGE2_MODES,
@@ -85,7 +87,7 @@ SETTINGS: tuple[Setting, ...] = (
             tooltip="How overlapping stage-2 windows are blended. uniform: plain average (MultiDiffusion). "
                     "feathered: weights fade towards window borders, a smooth cross-fade (use it if you see "
                     "seams)."),
-    Setting("min_stage1_steps", bounds=(0, 10000),
+    Setting("min_stage1_steps", acts_on=("patches", "native first, tiles"), bounds=(0, 10000),
             tooltip="Force at least this many stage-1 steps. Image-to-image with a low denoise starts below the "
                     "stage split and then runs stage 2 only (detail refinement, the input's layout kept); raise "
                     "this to let stage 1 rework the global structure too."),
@@ -97,40 +99,56 @@ SETTINGS: tuple[Setting, ...] = (
                     "has layout_guidance."),
     Setting("layout", options=LAYOUTS, advanced=False, when_absent="patches",
             tooltip="native first (default, beyond the paper): draw the image at the model's native area first "
-                    "(the target's aspect, all steps), upscale it and re-run only the last layout_denoise of the "
-                    "steps at the target size in shifted tiles held to that layout - one subject, kept in "
-                    "proportion; a target within the native area is sampled directly. patches: the paper's "
-                    "CutDiffusion from noise at the target size. Only text-to-image runs (denoise 1) above "
-                    "native size have a layout pass."),
-    Setting("layout_denoise", acts_on=("native first",), bounds=(0.0, 1.0), step=0.05, when_absent=0.3,
+                    "(the target's aspect, all steps), upscale it and re-run the last layout_denoise of the "
+                    "steps at the target size, on the whole frame (target_pass, a hires fix) or in native-size "
+                    "tiles held to the layout - one subject, kept in proportion; a target within the native area "
+                    "is sampled directly. patches: the paper's CutDiffusion from noise at the target size (stage "
+                    "1 on interleaved patches, stage 2 in windows). Only text-to-image runs (denoise 1) above "
+                    "native size have a layout pass; greyed inputs are not used by the chosen layout."),
+    Setting("layout_denoise", acts_on=("native first, tiles", "native first, whole frame"), bounds=(0.0, 1.0), step=0.05, when_absent=0.3,
             tooltip="The part of the schedule re-run at the target size after the native "
                     "layout is upscaled (like KSampler's denoise for a hires fix). Lower keeps the layout "
-                    "closer; 0.3 measured best on the demo model."),
-    Setting("layout_guidance", acts_on=("native first",), bounds=(0.0, 1.0), step=0.05, when_absent=1.0,
+                    "closer, higher draws more detail at the target size. 0.5 measured best with the whole "
+                    "frame on the detail proxy (0.3 with tiles on the first demo model)."),
+    Setting("layout_guidance", acts_on=("native first, tiles",), bounds=(0.0, 1.0), step=0.05, when_absent=1.0,
             tooltip="How strongly the stage-1 patches (each a view of the whole image) hold "
                     "the layout while the target size is re-run: their coarse prediction replaces the tiles' "
                     "where a tile would start a new small subject; edges and texture stay the tiles' own. Fades "
                     "to 0 by the end; costs one patch set per step; applies where the patch grid is square. "
                     "0 = off."),
+    Setting("target_pass", acts_on=("native first, tiles", "native first, whole frame"), options=TARGET_PASSES, when_absent="tiles",
+            tooltip="How the target size is re-run after the layout is upscaled. whole frame: the whole image in "
+                    "every model call, as ComfyUI's own hires fix (no patches or windows): memory and time grow "
+                    "with the area (attention faster than that); if it runs out of memory, use tiles. tiles: "
+                    "native-size shifted tiles held to the layout, CutDiffusion's stage-1 patches guiding them "
+                    "(layout_guidance): memory of one native-size batch at any size."),
 )
 
 
+# What a run at the target size ran: the paper's layout (also what native first runs for img2img,
+# masks and schedule segments), native first with its target pass in tiles or on the whole frame,
+# or plain sampling of a target within the native area.
+RUN_KINDS = ("patches", "native first, tiles", "native first, whole frame")
 OVERLAP_ONLY = ("window_stride", "window_jitter", "window_weights")   # shifted tiles have no stride or blend
 
 
+def run_kind(config: CutDiffusionConfig, layout_pass: bool) -> str:
+    """The RUN_KINDS entry of a run with `config` that has (or has not) a native-first layout pass."""
+    return f"native first, {config.target_pass}" if layout_pass else "patches"
+
+
 def inactive_settings(config: CutDiffusionConfig, ran: str, plan: Plan | None) -> list[str]:
-    """The settings that changed nothing in a run whose target size ran `ran` ("native first": a layout
-    pass then the target pass; "patches": the paper's layout, also what native first runs for img2img),
-    with `plan` the target-size plan (None: sampled plainly, where only `layout` and `patch_size`, the
-    native size the target is within, acted)."""
-    if plan is None:
+    """The settings that changed nothing in a run of kind `ran` (RUN_KINDS, or "direct": a target within
+    the native area, sampled plainly), with `plan` its plan at the target size (None without one)."""
+    if ran == "direct":
         return [s.name for s in SETTINGS if s.name not in ("layout", "patch_size")]
     out = []
     for setting in SETTINGS:
         inert = ran not in setting.acts_on
-        inert |= setting.name in OVERLAP_ONLY and plan.layout.mode == "shifted"
-        inert |= setting.name == "stage_split" and ran == "native first" and plan.stage1_steps == 0
-        inert |= setting.name == "pixel_interaction" and not (plan.stage1_steps or plan.guided)
+        if plan is not None:
+            inert |= setting.name in OVERLAP_ONLY and plan.layout.mode == "shifted"
+            inert |= setting.name == "stage_split" and ran != "patches" and plan.stage1_steps == 0
+            inert |= setting.name == "pixel_interaction" and not (plan.stage1_steps or plan.guided)
         if inert:
             out.append(setting.name)
     return out
@@ -143,10 +161,14 @@ def ignored_settings(config: CutDiffusionConfig, ran: str, plan: Plan | None) ->
 
 
 def acts_on_note(setting: Setting) -> str:
-    """The tooltip's last sentence: which layout the setting changes."""
-    if set(setting.acts_on) == set(LAYOUTS):
+    """The tooltip's last sentence: which runs the setting changes."""
+    if set(setting.acts_on) == set(RUN_KINDS):
         return ""
-    return f" Acts on the {' and '.join(repr(name) for name in setting.acts_on)} layout only."
+    kinds = {"patches": "the 'patches' layout", "native first, tiles": "native first's tiles",
+             "native first, whole frame": "native first's whole frame"}
+    if set(setting.acts_on) == {"native first, tiles", "native first, whole frame"}:
+        return " Acts on the 'native first' layout only."
+    return f" Acts on {' and '.join(kinds[k] for k in setting.acts_on)} only."
 
 
 def config_from_inputs(inputs: dict) -> CutDiffusionConfig:

@@ -30,7 +30,7 @@ import comfy.utils
 
 from .conditioning import check_conds, pad_image_conds, pad_mask, views_of_image_conds, window_conds
 from .config import (MAX_AUTO_WINDOW_BATCH, CutDiffusionConfig, guidance_strength, ignored_settings, plan_run,
-                     plan_target_pass, validate_config, validate_for_latent, validate_stride, window_stride_latent)
+                     plan_target_pass, run_kind, validate_config, validate_for_latent, validate_stride, window_stride_latent)
 from .layout import NativeFirst, is_full_noise, native_first, sample_native_first
 from .native_size import latent_px, native_size_px
 from .patches import unfold_patches
@@ -138,10 +138,27 @@ class CutDiffusionPatch:
 
         def target_pass(layout: torch.Tensor, refine_from: int) -> torch.Tensor:
             fresh = comfy.sample.prepare_noise(torch.zeros(layout.shape), int(seed or 0) + 1).to(noise)
+            progress = _progress(callback, lambda j: refine_from + j, total)
+            if self.config.target_pass == "whole frame":
+                return self._whole_frame_pass(executor, first, fresh, layout.to(latent_image), sampler,
+                                              sigmas[refine_from:], progress, disable_pbar, seed, kwargs)
             return self._target_pass(executor, fresh, layout.to(latent_image), sampler, sigmas[refine_from:], None,
-                                     _progress(callback, lambda j: refine_from + j, total), disable_pbar, seed,
-                                     kwargs, first)
+                                     progress, disable_pbar, seed, kwargs, first)
         return sample_native_first(first, layout_pass, target_pass, *noise.shape[-2:])
+
+    def _whole_frame_pass(self, executor, first: NativeFirst, noise, latent_image, sampler, sigmas, callback,
+                          disable_pbar, seed, kwargs):
+        """Native first's target pass on the whole frame: plain sampling of the schedule's tail on the
+        upscaled layout, what a hires fix of ComfyUI's core nodes runs."""
+        height, width = noise.shape[-2:]
+        self._report_plain(f"{first.summary(self.latent_px)} on the whole frame ({width * self.latent_px}x"
+                           f"{height * self.latent_px} px per model call, like a hires fix)", first)
+        try:
+            return executor(noise, latent_image, sampler, sigmas, None, callback, disable_pbar, seed, **kwargs)
+        except torch.OutOfMemoryError as e:   # not OOM_EXCEPTION: without CUDA that is any Exception
+            raise RuntimeError(f"CutDiffusion: the whole-frame target pass at {width * self.latent_px}x"
+                               f"{height * self.latent_px} px ran out of memory; set target_pass to tiles (native-"
+                               "size tiles, the memory of a native-size image at any size)") from e
 
     def _target_pass(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar,
                      seed, kwargs, first: NativeFirst | None = None):
@@ -196,9 +213,11 @@ class CutDiffusionPatch:
 
     def _report_plain(self, note: str, first: NativeFirst) -> None:
         notes = [note]
-        ignored = ignored_settings(self.config, "native first", None)
+        kind = "direct" if first.is_whole_run else run_kind(self.config, True)
+        ignored = ignored_settings(self.config, kind, None)
         if ignored:
-            notes.append("ignored by this run (sampled directly): " + ", ".join(ignored))
+            notes.append(f"ignored by this run ({'sampled directly' if kind == 'direct' else kind}): "
+                         + ", ".join(ignored))
         log.info("CutDiffusion: %s", "; ".join(notes))
         if self.report is not None:
             self.report.plan, self.report.notes, self.report.layout = None, notes, first
@@ -225,10 +244,10 @@ class CutDiffusionPatch:
         report.layout = first
         if first is not None:
             report.notes.append(first.summary(self.latent_px))
-        ignored = ignored_settings(cfg, "patches" if first is None else "native first", plan)
+        kind = run_kind(cfg, first is not None)
+        ignored = ignored_settings(cfg, kind, plan)
         if ignored:
-            report.notes.append(f"ignored by this run ({'patches' if first is None else 'native first'} layout): "
-                                + ", ".join(ignored))
+            report.notes.append(f"ignored by this run ({kind}): " + ", ".join(ignored))
             log.info("CutDiffusion: %s", report.notes[-1])
         # One step from above the split to zero noise cannot be two stages. A one-step
         # segment of a longer schedule (KSamplerAdvanced, SplitSigmas) has its stage.

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 LAYOUTS = ("native first", "patches")
+TARGET_PASSES = ("whole frame", "tiles")   # native first's target pass: one model call per step, or shifted tiles
 
 
 @dataclass(frozen=True)

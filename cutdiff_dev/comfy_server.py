@@ -32,6 +32,11 @@ _COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".venv-*", ".cache", "__p
                                       ".hypothesis", "out", "*.pyc")
 
 
+# A frontend's static folder (comfyui_frontend_package/static) for the server to serve instead of
+# the one installed with ComfyUI: how CI runs the browser test on the newest frontend (.ci/run).
+FRONTEND_ROOT_ENV = "CUTDIFF_FRONTEND_ROOT"
+
+
 class ServerError(RuntimeError):
     pass
 
@@ -63,6 +68,8 @@ class ComfyServer:
                    "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--base-directory", str(self.base),
                    "--database-url", f"sqlite:///{self.base}/user/comfyui.db", "--disable-auto-launch",
                    "--preview-method", "none"]
+        if os.environ.get(FRONTEND_ROOT_ENV):   # another frontend than the one this ComfyUI's requirements pin
+            command += ["--front-end-root", os.environ[FRONTEND_ROOT_ENV]]
         log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         cwd=self.base, start_new_session=True)

@@ -19,7 +19,7 @@ import comfy.model_sampling
 import comfy.samplers
 
 from ..cutdiff_core.config import (SETTINGS, CutDiffusionConfig, Setting, inactive_settings, plan_run, plan_target_pass,
-                                   validate_config, validate_stride, window_stride_latent)
+                                   run_kind, validate_config, validate_stride, window_stride_latent)
 from ..cutdiff_core.layout import is_full_noise, native_first
 from ..cutdiff_core.plan import EVALUATIONS_PER_STEP, LATENT_SCALE, window_layout
 from ..cutdiff_demo.model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
@@ -126,6 +126,9 @@ def preview_plan(params: dict) -> dict:
     plan = plan_target_pass(config, **plan_args) if first else plan_run(config, **plan_args)
     grid, layout = plan.grid, plan.layout
     per_image = plan.model_evaluations(cfg_batches=1) + (first.layout_evaluations if first else 0)
+    whole_frame = first is not None and not first.is_whole_run and config.target_pass == "whole frame"
+    if whole_frame:   # one model call per step on the whole image, counted as its area in native areas
+        per_image = first.layout_evaluations + round(plan.steps * height * width / (native * native))
     # ComfyUI skips the uncond half when cfg is exactly 1.
     cfg_halves = 1 if cfg == 1.0 else 2
     assumptions = ["stage split on the SD1.5/SDXL noise schedule"]
@@ -135,8 +138,8 @@ def preview_plan(params: dict) -> dict:
         assumptions.append(f"{sampler_name} evaluates the model about {EVALUATIONS_PER_STEP[sampler_name]} times "
                            "per step")
     px = LATENT_SCALE
-    inactive = inactive_settings(config, "native first" if first else "patches",
-                                 None if first is not None and first.is_whole_run else plan)
+    ran = "direct" if first is not None and first.is_whole_run else run_kind(config, first is not None)
+    inactive = inactive_settings(config, ran, None if ran in ("direct", "native first, whole frame") else plan)
     return {
         "settings": [setting.name for setting in SETTINGS], "inactive": inactive,
         "width": width_px, "height": height_px,
@@ -158,7 +161,8 @@ def preview_plan(params: dict) -> dict:
         "multidiffusion_evaluations": (len(sigmas) - 1) * _multidiffusion_windows(plan, native, stride,
                                                                                  config.window_jitter),
         "assumptions": assumptions,
-        "summary": plan.summary(),
+        "target_pass": "whole frame" if whole_frame else "tiles" if first is not None else None,
+        "summary": (f"{first.summary(px)} on the whole frame" if whole_frame else plan.summary()),
     }
 
 

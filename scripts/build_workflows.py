@@ -284,14 +284,18 @@ def thumbnail(title: str, workflow: dict, path: Path) -> None:
     patches = [(j * g["patch_w"], i * g["patch_h"], g["patch_w"], g["patch_h"])
                for i in range(g["rows"]) for j in range(g["cols"])]
     first = plan["layout"]
-    if first and not first["direct"]:   # native first: the target pass, after a layout pass
+    windows = plan["windows"]["rects"]
+    if plan.get("target_pass") == "whole frame":   # native first, then the whole image at the target size
+        stage1, patches = "no patches", []
+        stage2, windows = f"then {plan['steps']} steps, whole frame", [(0, 0, plan["width"], plan["height"])]
+    elif first and not first["direct"]:   # native first: the target pass in tiles, after a layout pass
         stage1 = f"layout guidance: {g['rows']}x{g['cols']} patches" if plan["guided"] else "no stage 1"
         stage2 = f"then {plan['stage2_steps']} steps, {plan['windows']['count']} tiles"
     else:
         stage1 = f"stage 1: {plan['stage1_steps']} steps, {g['rows']}x{g['cols']} patches"
         stage2 = f"stage 2: {plan['stage2_steps']} steps, {plan['windows']['count']} windows"
     for k, (rects, color, caption) in enumerate(((patches, (78, 161, 255), stage1),
-                                                 (plan["windows"]["rects"], (255, 166, 77), stage2))):
+                                                 (windows, (255, 166, 77), stage2))):
         x0 = 16 + k * (panel_w + 16)
         draw.rectangle([x0, top, x0 + full_w * scale, top + full_h * scale], fill=(44, 46, 54))
         # Translucent fills: overlapping windows show up brighter where they overlap.

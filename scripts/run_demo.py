@@ -30,7 +30,7 @@ from cutdiff_demo.model import NATIVE_SIZE_PX as NATIVE  # noqa: E402
 
 WORKFLOW = REPO / "workflows" / "cutdiffusion_demo_model.json"
 TARGETS = {"4x area": (2 * NATIVE, 2 * NATIVE), "2:1": (4 * NATIVE, 2 * NATIVE), "1:2": (2 * NATIVE, 4 * NATIVE)}
-METHODS = ("direct inference", "MultiDiffusion", "CutDiffusion (paper)", "CutDiffusion (default)")
+METHODS = ("direct inference", "MultiDiffusion", "CutDiffusion (paper)", "pack default (native first)")
 PROMPT = "red circle on sand"
 KSAMPLER_INPUTS = ("model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
                    "latent_image", "denoise")
@@ -49,7 +49,7 @@ def demo_prompt(method: str, width: int, height: int, seed: int) -> tuple[dict, 
         sampler["inputs"] = {k: v for k, v in sampler["inputs"].items() if k in KSAMPLER_INPUTS}
     elif method == "MultiDiffusion":
         sampler["inputs"]["stage_split"] = 0.0
-    elif method == "CutDiffusion (default)":
+    elif method == "pack default (native first)":
         sampler["inputs"]["layout"] = "native first"
     save = prompt[by_type["SaveImage"]]
     slug = "_".join("".join(c if c.isalnum() else " " for c in method.lower()).split())

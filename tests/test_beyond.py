@@ -215,8 +215,10 @@ OTHER_PATCHES = {
 }
 
 
-def _cut(m, layout="patches"):
-    return cutdiffusion_patch.apply_cutdiffusion(m, cutdiffusion_patch.CutDiffusionConfig(layout=layout, patch_size=PATCH))
+def _cut(m, layout="patches", target_pass="tiles"):
+    """The pack's patches on the model (native first's tiles: whole frame is plain sampling, no patch of ours)."""
+    return cutdiffusion_patch.apply_cutdiffusion(m, cutdiffusion_patch.CutDiffusionConfig(
+        layout=layout, patch_size=PATCH, target_pass=target_pass))
 
 
 def _sample(m, conds, latent):
@@ -257,6 +259,15 @@ def test_incompatible_patches_are_a_clear_error(model, conds, make, message, lay
     for patched in (make(_cut(model, layout)), _cut(make(model), layout)):
         with pytest.raises(ValueError, match=message):
             _sample(patched, conds, rt.empty_latent(2 * PATCH, 2 * PATCH))
+
+
+@pytest.mark.parametrize("make", [lambda m: nodes_easycache.EasyCacheNode.execute(m, 0.2, 0.15, 0.95, False)[0],
+                                  lambda m: nodes_sag.SelfAttentionGuidance.execute(m, 0.5, 2.0)[0]])
+def test_the_whole_frame_target_pass_takes_any_patch(model, conds, make):
+    """Both of native first's passes are plain sampling with target_pass whole frame: EasyCache and SAG
+    see whole images there, so they run."""
+    got = _sample(make(_cut(model, "native first", "whole frame")), conds, rt.empty_latent(2 * PATCH, 2 * PATCH))
+    assert torch.isfinite(got).all()
 
 
 def test_area_conditioning_is_a_clear_error(model, conds):

@@ -166,13 +166,24 @@ def test_plan_preview_shows_the_numbers_for_two_settings(page, capsys):
     _show_sampler(page)
     shown = _shown_plan(page, "width=2048")
     # The template runs the default, native first: a 1024² layout pass of all 50 steps, then the
-    # last 15 at 2048² in 2x2 shifted tiles, guided by the 2x2 patches.
+    # last 25 at 2048² on the whole frame (4 native areas a step); the inputs it does not use are greyed.
     assert shown["visible"]
+    assert shown["steps"] == "2048×2048 px · target pass: 25 steps on the whole frame"
+    assert shown["evals"].startswith("150 model evaluations per image (300 with CFG)")
+    assert shown["captions"] == ["no patches", "target pass: 25 steps, whole frame"]
+    assert (shown["stage1_rects"], shown["stage2_rects"]) == (0, 1)
+    greyed = page.execute_script(f"return {SAMPLER_JS}.widgets.filter(w => w.disabled).map(w => w.name)")
+    assert "stage_split" in greyed and "layout_denoise" not in greyed and "target_pass" not in greyed
+    page.save_screenshot(str(SHOTS / "plan_sdxl_2048_native_first.png"))
+
+    # The tiled target pass: 2x2 shifted tiles guided by the 2x2 patches, stage_split still unused.
+    _set_widget(page, SAMPLER_JS, "target_pass", "tiles")
+    _set_widget(page, SAMPLER_JS, "layout_denoise", 0.3)
+    shown = _shown_plan(page, "target_pass=tiles")
     assert shown["steps"] == "2048×2048 px · steps: 0 + 15"
     assert shown["evals"].startswith("170 model evaluations per image (340 with CFG)")
     assert shown["captions"] == ["layout guidance: 2×2 patches", "stage 2: 15 steps, 2×2 shifted tiles"]
     assert (shown["stage1_rects"], shown["stage2_rects"]) == (4, 4)
-    page.save_screenshot(str(SHOTS / "plan_sdxl_2048_native_first.png"))
 
     # Spec 3.5/3.6, the paper's layout: SDXL 2048², 50 steps, normal: 25/25, 4 patches, 9 windows.
     _set_widget(page, SAMPLER_JS, "layout", "patches")
@@ -392,7 +403,8 @@ def test_demo_workflow_runs_from_the_run_button(page, capsys):
 def test_a_workflow_saved_before_layout_keeps_the_papers_layout(page):
     """The frontend hook (web/js/cutdiffusion.js onConfigure): a CutDiffusion KSampler saved before the
     `layout` input existed (its widget values end before it) loads with the paper's `patches`, one
-    saved with a layout keeps it, and a node added now gets the default (native first)."""
+    saved with a layout keeps it, and a node added now gets the default (native first); one saved before
+    `target_pass` existed keeps the tiles it ran."""
     import json
 
     rt.init_nodes()
@@ -414,8 +426,15 @@ def test_a_workflow_saved_before_layout_keeps_the_papers_layout(page):
         return page.execute_script(f"""
             const node = {SAMPLER_JS};
             const fresh = LiteGraph.createNode('CutDiffusionKSampler');
-            const value = n => n.widgets.find(w => w.name === 'layout').value;
-            return {{loaded: value(node), fresh: value(fresh)}};""")
+            const value = (n, name) => n.widgets.find(w => w.name === name).value;
+            return {{loaded: value(node, 'layout'), fresh: value(fresh, 'layout'),
+                     target_pass: value(node, 'target_pass'), fresh_target_pass: value(fresh, 'target_pass')}};""")
 
-    assert load_and_read(saved_values[:layout_at]) == {"loaded": "patches", "fresh": "native first"}
+    old = load_and_read(saved_values[:layout_at])
+    assert (old["loaded"], old["fresh"]) == ("patches", "native first")
     assert load_and_read(saved_values)["loaded"] == "native first"
+    # Saved with native first before target_pass existed (issue 23): it keeps the tiles it ran.
+    target_at = names.index("target_pass") + 1
+    before = load_and_read(saved_values[:target_at])
+    assert (before["loaded"], before["target_pass"], before["fresh_target_pass"]) == ("native first", "tiles",
+                                                                                       "whole frame")

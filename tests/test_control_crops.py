@@ -206,7 +206,7 @@ def test_native_first_layout_pass_sees_the_whole_hint_and_the_tiles_their_crops(
     calls = ControlCalls(control_net)
     try:
         _, report = run_cut(model, latent, seed=5, steps=STEPS, conds=apply_control(conds, control_net, hint),
-                            patch_size=PATCH, layout="native first")
+                            patch_size=PATCH, layout="native first", target_pass="tiles", layout_denoise=0.3)
     finally:
         calls.close()
     first, plan = report.layout, report.plan

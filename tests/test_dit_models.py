@@ -581,18 +581,26 @@ def test_text_attention_masks_reach_every_patch_and_window(families, name):
 
 # --------------------------------------------------------------------------- native first
 
+@pytest.mark.parametrize("target_pass", ["whole frame", "tiles"])
 @pytest.mark.parametrize("w_px, h_px", [(2 * PATCH, 2 * PATCH), (408, 264)])   # square grid; 2x3 grid, padded
-def test_native_first_runs_on_every_family(family, w_px, h_px):
-    """The default layout on each family: a layout pass at the native area (one native-size image per
-    step, batch and CFG half), then the target pass's plan in shifted tiles, with the patches'
-    layout guidance on the square grid only; the one-frame Qwen-Image latent keeps its frame axis."""
+def test_native_first_runs_on_every_family(family, w_px, h_px, target_pass):
+    """Native first on each family: a layout pass at the native area (one native-size image per step,
+    batch and CFG half), then the target size on the whole frame (one image per step, batch and CFG
+    half), or the target pass's plan in shifted tiles, with the patches' layout guidance on the square
+    grid only; the one-frame Qwen-Image latent keeps its frame axis."""
     latent = family.latent(w_px, h_px, batch=2)
     with CountingModel(family.model) as counter:
         out, report = run_cut(family.model, latent, seed=1, steps=4, cfg=3.0, scheduler="simple",
-                              conds=family.conds(batch=2), patch_size=PATCH, layout="native first")
+                              conds=family.conds(batch=2), patch_size=PATCH, layout="native first",
+                              target_pass=target_pass, layout_denoise=0.3)
     first, plan = report.layout, report.plan
-    assert first is not None and not first.is_whole_run and plan.steps == first.steps - first.refine_from
-    assert plan.layout.mode == "shifted" and plan.guided == (plan.grid.rows == plan.grid.cols)
-    assert counter.images == 2 * 2 * first.steps + plan.model_evaluations(batch=2)
+    assert first is not None and not first.is_whole_run
+    tail = first.steps - first.refine_from
+    if target_pass == "whole frame":
+        assert plan is None and counter.images == 2 * 2 * (first.steps + tail)
+    else:
+        assert plan.steps == tail and plan.layout.mode == "shifted"
+        assert plan.guided == (plan.grid.rows == plan.grid.cols)
+        assert counter.images == 2 * 2 * first.steps + plan.model_evaluations(batch=2)
     assert out.shape == _samples_shape(family, 2, h_px // family.scale, w_px // family.scale)
     assert torch.isfinite(out).all()

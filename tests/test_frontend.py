@@ -53,14 +53,17 @@ def test_preview_refuses_what_the_node_refuses():
 
 
 def test_preview_greys_the_inputs_the_layout_does_not_use():
-    native = preview_plan({"width": 2048, "height": 2048, "steps": 30})
-    assert set(native["inactive"]) == {"window_stride", "window_jitter", "stage2_mode", "window_weights",
-                                       "global_guidance", "stage_split"}
-    assert set(native["settings"]) >= set(native["inactive"]) | {"layout", "layout_denoise", "layout_guidance"}
-    late = preview_plan({"width": 2048, "height": 2048, "steps": 30, "stage_split": 0.9})   # after the re-entry
-    assert "stage_split" not in late["inactive"] and late["stage1_steps"] > 0
+    default = preview_plan({"width": 2048, "height": 2048, "steps": 30})   # native first, whole frame
+    assert set(default["settings"]) - set(default["inactive"]) == {"patch_size", "layout", "layout_denoise",
+                                                                   "target_pass"}
+    assert default["target_pass"] == "whole frame" and default["evaluations_per_image"] == 30 + 15 * 4
+    tiles = preview_plan({"width": 2048, "height": 2048, "steps": 30, "target_pass": "tiles"})
+    assert set(tiles["inactive"]) == {"window_stride", "window_jitter", "stage2_mode", "window_weights",
+                                      "global_guidance", "stage_split"}
+    late = preview_plan({"width": 2048, "height": 2048, "steps": 30, "target_pass": "tiles", "stage_split": 0.9})
+    assert "stage_split" not in late["inactive"] and late["stage1_steps"] > 0   # a split after the re-entry acts
     paper = preview_plan({"width": 2048, "height": 2048, "steps": 30, "layout": "patches"})
-    assert set(paper["inactive"]) == {"layout_denoise", "layout_guidance"}
+    assert set(paper["inactive"]) == {"layout_denoise", "layout_guidance", "target_pass"}
     shifted = preview_plan({"width": 2048, "height": 2048, "steps": 30, "layout": "patches", "stage2_mode": "shifted"})
     assert {"window_stride", "window_jitter", "window_weights"} <= set(shifted["inactive"])
     direct = preview_plan({"width": 1536, "height": 512, "steps": 30})    # within the native area: sampled directly

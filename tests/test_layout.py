@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import comfy.sample
 import comfy.samplers
+import comfy.utils
 
 from cutdiff_dev import comfy_runtime as rt
 from helpers import CountingModel, run_cut, schedule
@@ -39,7 +40,8 @@ def test_a_target_within_the_native_area_is_sampled_directly(model, conds):
     assert first.layout_evaluations == 20
     latent = rt.empty_latent(3 * PATCH // 2, PATCH // 2)
     with CountingModel(model) as counter:
-        got, report = run_cut(model, latent, seed=2, steps=6, conds=conds, patch_size=PATCH, layout="native first")
+        got, report = run_cut(model, latent, seed=2, steps=6, conds=conds, patch_size=PATCH, layout="native first",
+                              target_pass="tiles", layout_denoise=0.3)
     assert report.plan is None and report.layout.is_whole_run and "sampled directly" in report.summary()
     assert sum(counter.batches) == 2 * 6
     assert torch.equal(got, rt.ksampler(model, 2, 6, 5.0, "euler", "normal", *conds, latent))
@@ -86,7 +88,7 @@ def test_native_first_is_layout_pass_upscale_and_the_pack_on_the_tail(model, con
     latent = rt.empty_latent(*size_px)
     with CountingModel(model) as counter:
         got, report = run_cut(model, latent, seed=4, steps=10, cfg=5.0, conds=conds, patch_size=PATCH,
-                              layout="native first", layout_denoise=0.3, layout_guidance=0.0)
+                              layout="native first", target_pass="tiles", layout_denoise=0.3, layout_guidance=0.0)
     expected = _reference(model, conds, latent, 4, 10, 5.0, 0.3)
     scale = float(expected.abs().max())
     torch.testing.assert_close(got, expected, atol=1e-5 * scale, rtol=1e-4)
@@ -102,19 +104,22 @@ def test_layout_guidance_runs_the_patches_on_square_grids_only(model, conds):
     square = rt.empty_latent(2 * PATCH, 2 * PATCH)
     with CountingModel(model) as counter:
         guided, report = run_cut(model, square, seed=4, steps=10, conds=conds, patch_size=PATCH,
-                                 layout="native first", layout_guidance=1.0)
+                                 layout="native first", target_pass="tiles", layout_denoise=0.3, layout_guidance=1.0)
     plan = report.plan
     assert plan.guided and plan.layout.mode == "shifted" and (plan.grid.rows, plan.grid.cols) == (2, 2)
     assert sum(counter.batches) == 2 * 10 + 2 * plan.steps * (plan.layout.count + 4) == plan.model_evaluations() + 20
     unguided, _ = run_cut(model, square, seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first",
+                          target_pass="tiles", layout_denoise=0.3,
                           layout_guidance=0.0)
     assert not torch.allclose(guided, unguided, atol=1e-3)
 
     wide = rt.empty_latent(3 * PATCH, 2 * PATCH)
     guided, report = run_cut(model, wide, seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first",
+                          target_pass="tiles", layout_denoise=0.3,
                              layout_guidance=1.0)
     assert not report.plan.guided and (report.plan.grid.rows, report.plan.grid.cols) == (2, 3)
     unguided, _ = run_cut(model, wide, seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first",
+                          target_pass="tiles", layout_denoise=0.3,
                           layout_guidance=0.0)
     assert torch.equal(guided, unguided)
 
@@ -137,7 +142,8 @@ def test_layout_guidance_moves_only_what_the_patches_agree_on(model, conds):
     prediction's structure at half the layout size from the layout): exactly in that operator's
     span, where a full-band difference is far from it."""
     latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
-    args = dict(seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first", layout_denoise=0.1)
+    args = dict(seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first", target_pass="tiles",
+                layout_denoise=0.1)
     guided, report = run_cut(model, latent, layout_guidance=1.0, **args)
     unguided, _ = run_cut(model, latent, layout_guidance=0.0, **args)
     plan = report.plan
@@ -161,7 +167,8 @@ def test_layout_guidance_moves_only_what_the_patches_agree_on(model, conds):
 
 def test_native_first_at_native_size_is_ksampler(model, conds):
     latent = rt.empty_latent(PATCH, PATCH)
-    got, report = run_cut(model, latent, seed=2, steps=6, conds=conds, patch_size=PATCH, layout="native first")
+    got, report = run_cut(model, latent, seed=2, steps=6, conds=conds, patch_size=PATCH, layout="native first",
+                              target_pass="tiles", layout_denoise=0.3)
     assert report.layout is None
     assert torch.equal(got, rt.ksampler(model, 2, 6, 5.0, "euler", "normal", *conds, latent))
 
@@ -171,7 +178,7 @@ def test_img2img_keeps_the_papers_layout(model, conds):
     gen = torch.Generator().manual_seed(5)
     latent = {"samples": torch.randn(1, 4, 32, 32, generator=gen)}
     native, report = run_cut(model, latent, seed=3, steps=6, conds=conds, patch_size=PATCH, denoise=0.6,
-                             layout="native first")
+                             layout="native first", target_pass="tiles", layout_denoise=0.3)
     paper, _ = run_cut(model, latent, seed=3, steps=6, conds=conds, patch_size=PATCH, denoise=0.6, layout="patches")
     assert report.layout is None and torch.equal(native, paper)
 
@@ -188,15 +195,20 @@ def test_preview_counts_the_layout_pass():
     plan = preview_plan({"width": 2048, "height": 2048, "steps": 50})
     assert plan["layout"] == {"w": 1024, "h": 1024, "steps": 50, "evaluations": 50, "direct": False,
                               "summary": plan["layout"]["summary"]}
-    assert (plan["stage1_steps"], plan["stage2_steps"], plan["windows"]["mode"]) == (0, 15, "shifted")
+    # The default's target pass: the last 25 steps on the whole 2048² frame, 4 native areas each.
+    assert plan["target_pass"] == "whole frame" and plan["evaluations_per_image"] == 50 + 25 * 4 == 150
+    assert "on the whole frame" in plan["summary"]
+    tiles = preview_plan({"width": 2048, "height": 2048, "steps": 50, "target_pass": "tiles", "layout_denoise": 0.3})
+    assert (tiles["stage1_steps"], tiles["stage2_steps"], tiles["windows"]["mode"]) == (0, 15, "shifted")
     # BENCHMARKS.md: 170 SDXL evaluations (2x2 shifted tiles and the 2x2 patches' guidance, 15 steps)
-    assert plan["evaluations_per_image"] == 50 + 15 * (4 + 4) == 170
+    assert tiles["evaluations_per_image"] == 50 + 15 * (4 + 4) == 170
     assert plan["multidiffusion_evaluations"] == 50 * 9
     paper = preview_plan({"width": 2048, "height": 2048, "steps": 50, "layout": "patches"})
     assert paper["layout"] is None and paper["evaluations_per_image"] == 325
     wide = preview_plan({"width": 2048, "height": 512, "steps": 50})
     assert wide["layout"]["direct"] and wide["evaluations_per_image"] == 50 and wide["stage2_steps"] == 0
-    panorama = preview_plan({"width": 4096, "height": 2048, "steps": 50})   # 2x4 grid: no layout guidance
+    panorama = preview_plan({"width": 4096, "height": 2048, "steps": 50, "target_pass": "tiles",
+                             "layout_denoise": 0.3})   # 2x4 grid: no layout guidance
     assert (panorama["layout"]["w"], panorama["layout"]["h"]) == (1448, 728)
     assert panorama["evaluations_per_image"] == 50 + 15 * 8 == 170
 
@@ -210,18 +222,19 @@ def test_preview_and_run_agree_on_the_layout_pass_for_every_scheduler(model, con
     latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
     for scheduler in comfy.samplers.KSampler.SCHEDULERS:
         _, report = run_cut(model, latent, seed=1, steps=4, conds=conds, scheduler=scheduler, patch_size=PATCH,
-                            layout="native first")
+                            layout="native first", target_pass="tiles", layout_denoise=0.3)
         preview = preview_plan({"width": 2 * PATCH, "height": 2 * PATCH, "steps": 4, "scheduler": scheduler,
                                 "patch_size": PATCH})
         assert report.layout is not None and preview["layout"] is not None, scheduler
     _, report = run_cut(model, latent, seed=1, steps=4, conds=conds, scheduler="ddim_uniform", patch_size=PATCH,
-                        layout="native first", denoise=0.9)
+                        layout="native first", target_pass="tiles", layout_denoise=0.3, denoise=0.9)
     preview = preview_plan({"width": 2 * PATCH, "height": 2 * PATCH, "steps": 4, "scheduler": "ddim_uniform",
                             "patch_size": PATCH, "denoise": 0.9})
     assert report.layout is None and preview["layout"] is None
 
     report = RunReport()
-    patched = apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PATCH, layout="native first"), report)
+    patched = apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PATCH, layout="native first", target_pass="tiles",
+                                                           layout_denoise=0.3), report)
     sigmas = schedule(model, 4, scheduler="ddim_uniform")
     assert float(sigmas[0]) < float(model.get_model_object("model_sampling").sigma_max)
     pos, neg = conds
@@ -235,14 +248,42 @@ def test_preview_and_run_agree_on_the_layout_pass_for_every_scheduler(model, con
 def test_the_run_names_every_changed_setting_it_did_not_use(model, conds):
     """Inputs that act (issue 24): what the chosen layout ignores is said in the report, not dropped silently."""
     latent = rt.empty_latent(256, 256)
-    _, native = run_cut(model, latent, steps=3, conds=conds, patch_size=PATCH, layout="native first",
-                        window_stride=64, global_guidance=0.5, layout_denoise=0.4)
-    assert "ignored by this run (native first layout): window_stride = 64, global_guidance = 0.5" in native.summary()
+    _, whole = run_cut(model, latent, steps=3, conds=conds, patch_size=PATCH, layout="native first",
+                       window_stride=64, layout_guidance=0.5, layout_denoise=0.4)
+    assert "ignored by this run (native first, whole frame): window_stride = 64, layout_guidance = 0.5" \
+        in whole.summary()
+    _, tiles = run_cut(model, latent, steps=3, conds=conds, patch_size=PATCH, layout="native first",
+                       target_pass="tiles", window_stride=64, global_guidance=0.5, layout_denoise=0.4)
+    assert "ignored by this run (native first, tiles): window_stride = 64, global_guidance = 0.5" in tiles.summary()
     _, paper = run_cut(model, latent, steps=3, conds=conds, patch_size=PATCH, layout="patches", layout_denoise=0.4,
                        window_stride=64)
-    assert "ignored by this run (patches layout): layout_denoise = 0.4" in paper.summary()
+    assert "ignored by this run (patches): layout_denoise = 0.4" in paper.summary()
     _, defaults = run_cut(model, latent, steps=3, conds=conds, patch_size=PATCH, layout="native first")
     assert "ignored" not in defaults.summary()
     _, direct = run_cut(model, rt.empty_latent(3 * PATCH // 2, PATCH // 2), steps=2, conds=conds, patch_size=PATCH,
                         layout="native first", stage_split=0.7)
     assert "ignored by this run (sampled directly): stage_split = 0.7" in direct.summary()
+
+
+@pytest.mark.parametrize("size_px", [(256, 256), (384, 128)])
+def test_whole_frame_target_pass_is_a_hires_fix_of_core_calls(model, conds, size_px):
+    """target_pass whole frame is exactly what a user builds from ComfyUI's core nodes: KSampler at the
+    native area with the target's aspect, LatentUpscale (bicubic), KSamplerAdvanced on the last
+    layout_denoise of the same schedule with fresh noise (the seed + 1)."""
+    pos, neg = conds
+    latent = rt.empty_latent(*size_px)
+    with CountingModel(model) as counter:
+        got, report = run_cut(model, latent, seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first",
+                              target_pass="whole frame", layout_denoise=0.3)
+    h, w = latent["samples"].shape[-2:]
+    first = native_first(h, w, NATIVE, 10, 0.3)
+    small = torch.zeros(1, 4, first.height, first.width)
+    with torch.inference_mode():
+        layout = comfy.sample.sample(model, comfy.sample.prepare_noise(small, 4), 10, 5.0, "euler", "normal", pos, neg,
+                                     small, disable_pbar=True, seed=4)
+        up = comfy.utils.common_upscale(layout, w, h, "bicubic", "disabled")
+        expected = comfy.sample.sample(model, comfy.sample.prepare_noise(up, 5), 10, 5.0, "euler", "normal", pos, neg,
+                                       up, start_step=first.refine_from, disable_pbar=True, seed=4)
+    assert torch.equal(got, expected)
+    assert report.plan is None and report.layout == first and "on the whole frame" in report.summary()
+    assert counter.batches == [2] * 10 + [2] * 3 and counter.shapes[-1][-2:] == (h, w)   # one call per step

@@ -56,7 +56,7 @@ def test_pack_registers_its_nodes_with_tooltips():
 
 PATCH_INPUTS = ["patch_size", "window_stride", "stage_split", "window_batch_size", "window_jitter",
                 "pixel_interaction", "stage2_mode", "window_weights", "min_stage1_steps", "global_guidance", "layout",
-                "layout_denoise", "layout_guidance"]
+                "layout_denoise", "layout_guidance", "target_pass"]
 # Every input in order: saved workflows store widget values by position, so names and order never change.
 INPUT_ORDER = {
     "CutDiffusion": ["model", *PATCH_INPUTS],
@@ -69,14 +69,15 @@ def test_patch_inputs_are_the_configs_settings():
     import dataclasses
 
     import nodes
-    from cutdiff_core.config import SETTINGS, CutDiffusionConfig
+    from cutdiff_core.config import SETTINGS, CutDiffusionConfig, acts_on_note
     assert [s.name for s in SETTINGS] == PATCH_INPUTS == [f.name for f in dataclasses.fields(CutDiffusionConfig)]
     defaults = CutDiffusionConfig()
     for node in ("CutDiffusion", "CutDiffusionKSampler"):
         inputs = {i.id: i for i in nodes.NODE_CLASS_MAPPINGS[node].GET_SCHEMA().inputs}
         for setting in SETTINGS:
             given = inputs[setting.name]
-            assert given.default == getattr(defaults, setting.name) and given.tooltip == setting.tooltip
+            assert given.default == getattr(defaults, setting.name)
+            assert given.tooltip == setting.tooltip + acts_on_note(setting)   # which layouts it acts on
             if setting.bounds is not None:
                 assert (given.min, given.max) == setting.bounds
             if setting.options is not None:

@@ -44,7 +44,7 @@ def test_every_target_pass_tile_of_the_default_says_where_it_lies(model, conds):
     reading, calls = _reading(model)
     latent = rt.empty_latent(256, 256)
     _, report = run_cut(reading, latent, seed=3, steps=7, conds=conds, patch_size=PATCH, layout="native first",
-                        window_batch_size=1)
+                        target_pass="tiles", layout_denoise=0.3, window_batch_size=1)
     layout_pass = [c for c in calls if c["hw"] == (16, 16) and c["patches"] is None and c["tile"] is None]
     tiled = [c for c in calls if c["tile"] is not None]
     patched = [c for c in calls if c["patches"] is not None]
@@ -88,7 +88,9 @@ def test_batched_windows_list_every_window_and_overlap_windows_stay_inside(model
 @pytest.mark.parametrize("layout", ["native first", "patches"])
 def test_publishing_where_changes_no_pixel(model, conds, layout):
     latent = rt.empty_latent(256, 256)
-    plain, _ = run_cut(model, latent, seed=5, steps=6, conds=conds, patch_size=PATCH, layout=layout)
+    plain, _ = run_cut(model, latent, seed=5, steps=6, conds=conds, patch_size=PATCH, layout=layout,
+                       target_pass="tiles", layout_denoise=0.3)
     reading, calls = _reading(model)
-    read, _ = run_cut(reading, latent, seed=5, steps=6, conds=conds, patch_size=PATCH, layout=layout)
+    read, _ = run_cut(reading, latent, seed=5, steps=6, conds=conds, patch_size=PATCH, layout=layout,
+                      target_pass="tiles", layout_denoise=0.3)
     assert calls and torch.equal(plain, read)

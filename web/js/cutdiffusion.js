@@ -30,7 +30,10 @@ const POLL_MS = 400;
 // Widgets of the node that change the plan (all others, e.g. seed, do not).
 const PLAN_WIDGETS = ["steps", "cfg", "sampler_name", "scheduler", "denoise", "patch_size", "window_stride",
   "stage_split", "window_jitter", "stage2_mode", "min_stage1_steps", "global_guidance", "layout", "layout_denoise",
-  "layout_guidance"];
+  "layout_guidance", "target_pass"];
+// Inputs added after workflows were saved without them, and the value such a workflow ran with
+// (config.SETTINGS' when_absent): a saved workflow keeps what it ran instead of taking a new default.
+const WHEN_ABSENT = { layout: "patches", target_pass: "tiles" };
 // Nodes whose `layout` input came after workflows were saved without it: such a workflow ran
 // the paper's layout, so it keeps it instead of taking the new default.
 const LAYOUT_NODES = [SAMPLER_NODE, "CutDiffusion"];
@@ -277,9 +280,11 @@ app.registerExtension({
       const onConfigure = nodeType.prototype.onConfigure;
       nodeType.prototype.onConfigure = function (info, ...args) {
         const result = onConfigure?.apply(this, [info, ...args]);
-        const index = this.widgets?.findIndex((w) => w.name === "layout") ?? -1;
-        if (index >= 0 && Array.isArray(info?.widgets_values) && info.widgets_values.length <= index) {
-          this.widgets[index].value = "patches";
+        for (const [name, value] of Object.entries(WHEN_ABSENT)) {
+          const index = this.widgets?.findIndex((w) => w.name === name) ?? -1;
+          if (index >= 0 && Array.isArray(info?.widgets_values) && info.widgets_values.length <= index) {
+            this.widgets[index].value = value;
+          }
         }
         return result;
       };

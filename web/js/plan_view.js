@@ -80,16 +80,22 @@ export function renderPlan(root, state) {
     diagrams.className = "cutdiff-diagrams";
     // Native first runs no stage 1; its patches run beside the tiles where they guide the layout.
     const targetPass = plan.layout && !plan.layout.direct;
-    const stage1Caption = targetPass
+    const wholeFrame = plan.target_pass === "whole frame";
+    const stage1Caption = wholeFrame ? "no patches" : targetPass
       ? (plan.guided ? `layout guidance: ${g.rows}×${g.cols} patches` : "no stage 1")
       : `stage 1: ${plan.stage1_steps} steps, ${g.rows}×${g.cols} patches`;
     diagrams.append(
       diagram(plan, stage1Caption, STAGE1_COLOR,
-        patchRects(plan),
+        wholeFrame ? [] : patchRects(plan),
         `Stage 1 (global structure): ${g.rows * g.cols} native-size patches of ${g.patch_w}×${g.patch_h} px. ` +
         `Each patch is an interleaved view of the whole image (every ${g.rows}×${g.cols}th pixel), ` +
         "and pixels are shuffled between patches so they agree on one layout."),
-      diagram(plan, `stage 2: ${plan.stage2_steps} steps, ${windowsCaption(w)}`, STAGE2_COLOR, windowRects(plan),
+      wholeFrame
+        ? diagram(plan, `target pass: ${plan.steps} steps, whole frame`, STAGE2_COLOR,
+          [{ x: 0, y: 0, w: plan.width, h: plan.height }],
+          "target_pass whole frame: every model call sees the whole image, as a hires fix does (memory grows " +
+          "with the area; target_pass tiles keeps it at one native-size batch).")
+        : diagram(plan, `stage 2: ${plan.stage2_steps} steps, ${windowsCaption(w)}`, STAGE2_COLOR, windowRects(plan),
         w.mode === "shifted"
           ? `Stage 2 (detail): ${w.count} non-overlapping ${w.w}×${w.h} px tiles, the whole tiling ` +
             "moved (with wrap-around) by a random offset every step, so seams never stay in one place."
@@ -105,15 +111,18 @@ export function renderPlan(root, state) {
     } else if (plan.layout) {
       root.appendChild(line("cutdiff-layout",
         `layout first: ${plan.layout.w}×${plan.layout.h} px, ${plan.layout.steps} steps, then the last ` +
-        `${plan.stage1_steps + plan.stage2_steps} at full size`,
+        `${plan.steps} at full size`,
         "layout native first: the image is drawn at about the model's native size, upscaled, and only the end " +
-        "of the schedule is re-run at the target size (the diagrams show that pass)."));
+        "of the schedule is re-run at the target size (the diagrams show that pass: target_pass)."));
     }
     const pad = g.pad_h || g.pad_w ? ` (padded by ${g.pad_w}×${g.pad_h} px)` : "";
-    root.appendChild(line("cutdiff-steps",
-      `${plan.width}×${plan.height} px${pad} · steps: ${plan.stage1_steps} + ${plan.stage2_steps}`,
-      "Resolved stage-1 + stage-2 steps: the split is a noise level (stage_split), " +
-      "so the count depends on the scheduler."));
+    root.appendChild(wholeFrame
+      ? line("cutdiff-steps", `${plan.width}×${plan.height} px · target pass: ${plan.steps} steps on the whole frame`,
+        "Every model call of the target pass sees the whole image, as a hires fix of ComfyUI's core nodes does.")
+      : line("cutdiff-steps",
+        `${plan.width}×${plan.height} px${pad} · steps: ${plan.stage1_steps} + ${plan.stage2_steps}`,
+        "Resolved stage-1 + stage-2 steps: the split is a noise level (stage_split), " +
+        "so the count depends on the scheduler."));
     root.appendChild(line("cutdiff-evals",
       `${plan.evaluations_per_image} model evaluations per image` +
       (plan.evaluations_with_cfg !== plan.evaluations_per_image ? ` (${plan.evaluations_with_cfg} with CFG)` : "") +
