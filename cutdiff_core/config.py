@@ -137,7 +137,7 @@ def run_kind(config: CutDiffusionConfig, layout_pass: bool) -> str:
     return f"native first, {config.target_pass}" if layout_pass else "patches"
 
 
-def inactive_settings(config: CutDiffusionConfig, ran: str, plan: Plan | None) -> list[str]:
+def inactive_settings(ran: str, plan: Plan | None) -> list[str]:
     """The settings that changed nothing in a run of kind `ran` (RUN_KINDS, or "direct": a target within
     the native area, sampled plainly), with `plan` its plan at the target size (None without one)."""
     if ran == "direct":
@@ -156,7 +156,7 @@ def inactive_settings(config: CutDiffusionConfig, ran: str, plan: Plan | None) -
 
 def ignored_settings(config: CutDiffusionConfig, ran: str, plan: Plan | None) -> list[str]:
     """`name = value` of every setting the user changed from its default that this run did not use."""
-    return [f"{name} = {getattr(config, name)}" for name in inactive_settings(config, ran, plan)
+    return [f"{name} = {getattr(config, name)}" for name in inactive_settings(ran, plan)
             if getattr(config, name) != _DEFAULTS[name]]
 
 

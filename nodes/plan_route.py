@@ -139,7 +139,7 @@ def preview_plan(params: dict) -> dict:
                            "per step")
     px = LATENT_SCALE
     ran = "direct" if first is not None and first.is_whole_run else run_kind(config, first is not None)
-    inactive = inactive_settings(config, ran, None if ran in ("direct", "native first, whole frame") else plan)
+    inactive = inactive_settings(ran, None if ran in ("direct", "native first, whole frame") else plan)
     return {
         "settings": [setting.name for setting in SETTINGS], "inactive": inactive,
         "width": width_px, "height": height_px,
