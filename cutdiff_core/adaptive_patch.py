@@ -34,6 +34,7 @@ latents).
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -58,9 +59,6 @@ class AdaptiveReport:
     skipped: int = 0
     skipped_at: list[int] = field(default_factory=list)   # evaluation indices, from 0
     multi_evaluation_sampler: bool = False
-
-    def __deepcopy__(self, memo):
-        return self  # shared with model clones on purpose: it belongs to the node that made the patch
 
     def summary(self) -> str:
         total = self.evaluated + self.skipped
@@ -116,108 +114,118 @@ def _send_to_frontend(node_id: str | None, report: AdaptiveReport) -> None:
                          getattr(server, "client_id", None))
 
 
-class AdaptivePatch:
-    """The four wrappers, bound to one configuration."""
+@dataclass(frozen=True)
+class AdaptiveSettings:
+    """What apply_adaptive fixed for a patched model, kept in its transformer_options under WRAPPER_KEY
+    (plain values, copied with every clone; the report is referred to weakly: it belongs to whoever
+    patched the model)."""
+    config: AdaptiveConfig
+    node_id: str | None = None
+    report: weakref.ref | None = None
 
-    def __init__(self, config: AdaptiveConfig, report: AdaptiveReport | None = None, node_id: str | None = None):
-        self.config = config
-        self.report = report if report is not None else AdaptiveReport()
-        self.node_id = node_id
-
-    def __deepcopy__(self, memo):
-        return self  # immutable settings; ModelPatcher.clone deep-copies model_options
-
-    def apply(self, model):
-        """A clone of `model` with the patch (replacing an earlier AdaptiveDiffusion patch on it)."""
-        patched = install(model, WRAPPER_KEY, {WRAPPERS.OUTER_SAMPLE: self.outer_sample,
-                                               WRAPPERS.SAMPLER_SAMPLE: self.sampler_sample,
-                                               WRAPPERS.PREDICT_NOISE: self.predict_noise,
-                                               WRAPPERS.CALC_COND_BATCH: self.calc_cond_batch})
-        # First key = outermost wrapper. CutDiffusion must stay inside us (see the module
-        # docstring), so its wrappers move behind ours. (Its own apply re-adds its key last,
-        # so the order also holds the other way round.)
-        for kind in (WRAPPERS.OUTER_SAMPLE, WRAPPERS.SAMPLER_SAMPLE, WRAPPERS.PREDICT_NOISE,
-                     WRAPPERS.CALC_COND_BATCH):
-            inner = patched.get_wrappers(kind, CUTDIFFUSION_KEY)
-            if inner:
-                patched.remove_wrappers_with_key(kind, CUTDIFFUSION_KEY)
-                for wrapper in inner:
-                    patched.add_wrapper_with_key(kind, CUTDIFFUSION_KEY, wrapper)
-        return patched
-
-    # -- OUTER_SAMPLE ---------------------------------------------------------
-    def outer_sample(self, executor, *args, **kwargs):
-        guider = executor.class_obj
-        model_sampling = guider.model_patcher.get_model_object("model_sampling")
-        report = self.report
+    def run_report(self) -> AdaptiveReport:
+        """The report this run fills: the patcher's (emptied) or a new one."""
+        report = self.report() if self.report is not None else None
+        if report is None:
+            return AdaptiveReport()
         report.evaluated = report.skipped = 0
         report.skipped_at, report.multi_evaluation_sampler = [], False
-        run = _RunState(SkipCriterion(self.config), report,
-                        float(model_sampling.percent_to_sigma(self.config.start_percent)),
-                        float(model_sampling.percent_to_sigma(self.config.end_percent)))
-        try:
-            with run_holder(guider, RUN_KEY, run):
-                return executor(*args, **kwargs)
-        finally:
-            log.info(report.summary())
-            _send_to_frontend(self.node_id, report)
+        return report
 
-    # -- SAMPLER_SAMPLE -------------------------------------------------------
-    def sampler_sample(self, executor, *args, **kwargs):
-        return watch_step_callback(executor, args, kwargs, RUN_KEY, lambda run, callback: run.steps.wrap(callback))
 
-    # -- PREDICT_NOISE: the decision, once per evaluation ---------------------
-    def predict_noise(self, executor, x, timestep, model_options={}, seed=None, **kwargs):
-        run = run_of(model_options, RUN_KEY)
-        if run is None:
-            return executor(x, timestep, model_options, seed, **kwargs)
-        # A new CutDiffusion stage, or a new latent size (its native-first layout pass ends):
-        # the trajectory and the cached predictions belong to another denoiser.
-        stage = (cutdiffusion_stage(model_options, timestep), tuple(x.shape))
-        if stage != run.stage:
-            run.new_denoiser(stage)
-        run.count_evaluation()
-        index = run.criterion.evaluations_seen
-        skip = run.criterion.decide(x, run.may_skip(float(timestep.reshape(-1)[0])))
-        if skip:
-            run.report.skipped += 1
-            run.report.skipped_at.append(index)
-            if not run.cond_eps:  # CutDiffusion stage 1: nothing below us is in this frame
-                return denoised_from_eps(x, run.cfg_eps, timestep)
-        else:
-            run.report.evaluated += 1
-            run.cond_eps = []
-        run.frame, run.call_index, run.skipping = x.shape, 0, skip
-        try:
-            out = executor(x, timestep, model_options, seed, **kwargs)
-        finally:
-            run.frame, run.skipping = None, False
-        if not skip:
-            run.cfg_eps = None if run.cond_eps else eps_from_denoised(x, out, timestep)
-        return out
+# -- OUTER_SAMPLE ---------------------------------------------------------
+def outer_sample(executor, *args, **kwargs):
+    guider = executor.class_obj
+    settings = run_of(guider.model_options, WRAPPER_KEY)
+    if settings is None:   # another pack took our settings out of the model's options
+        return executor(*args, **kwargs)
+    model_sampling = guider.model_patcher.get_model_object("model_sampling")
+    report = settings.run_report()
+    config = settings.config
+    run = _RunState(SkipCriterion(config), report, float(model_sampling.percent_to_sigma(config.start_percent)),
+                    float(model_sampling.percent_to_sigma(config.end_percent)))
+    try:
+        with run_holder(guider, RUN_KEY, run):
+            return executor(*args, **kwargs)
+    finally:
+        log.info(report.summary())
+        _send_to_frontend(settings.node_id, report)
 
-    # -- CALC_COND_BATCH: the per-slot cache ----------------------------------
-    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
-        run = run_of(model_options, RUN_KEY)
-        if run is None or run.frame is None or x_in.shape != run.frame:
-            return executor(model, conds, x_in, timestep, model_options)  # not the sampler's frame
-        index = run.call_index
-        run.call_index += 1
-        if run.skipping:
-            cached = run.cond_eps[index] if index < len(run.cond_eps) else None
-            if cached is not None and [e is None for e in cached] == [c is None for c in conds]:
-                # An absent slot (uncond at cfg 1) is all zeros, as calc_cond_batch returns it.
-                return [denoised_from_eps(x_in, eps, timestep) if eps is not None else torch.zeros_like(x_in)
-                        for eps in cached]
-            # A call the last evaluation did not make (e.g. a hook changed the conds): run it.
-            return executor(model, conds, x_in, timestep, model_options)
-        out = executor(model, conds, x_in, timestep, model_options)
-        run.cond_eps.append([eps_from_denoised(x_in, o, timestep) if c is not None else None
-                             for c, o in zip(conds, out)])
-        return out
+
+# -- SAMPLER_SAMPLE -------------------------------------------------------
+def sampler_sample(executor, *args, **kwargs):
+    return watch_step_callback(executor, args, kwargs, RUN_KEY, lambda run, callback: run.steps.wrap(callback))
+
+
+# -- PREDICT_NOISE: the decision, once per evaluation ---------------------
+def predict_noise(executor, x, timestep, model_options={}, seed=None, **kwargs):
+    run = run_of(model_options, RUN_KEY)
+    if run is None:
+        return executor(x, timestep, model_options, seed, **kwargs)
+    # A new CutDiffusion stage, or a new latent size (its native-first layout pass ends):
+    # the trajectory and the cached predictions belong to another denoiser.
+    stage = (cutdiffusion_stage(model_options, timestep), tuple(x.shape))
+    if stage != run.stage:
+        run.new_denoiser(stage)
+    run.count_evaluation()
+    index = run.criterion.evaluations_seen
+    skip = run.criterion.decide(x, run.may_skip(float(timestep.reshape(-1)[0])))
+    if skip:
+        run.report.skipped += 1
+        run.report.skipped_at.append(index)
+        if not run.cond_eps:  # CutDiffusion stage 1: nothing below us is in this frame
+            return denoised_from_eps(x, run.cfg_eps, timestep)
+    else:
+        run.report.evaluated += 1
+        run.cond_eps = []
+    run.frame, run.call_index, run.skipping = x.shape, 0, skip
+    try:
+        out = executor(x, timestep, model_options, seed, **kwargs)
+    finally:
+        run.frame, run.skipping = None, False
+    if not skip:
+        run.cfg_eps = None if run.cond_eps else eps_from_denoised(x, out, timestep)
+    return out
+
+
+# -- CALC_COND_BATCH: the per-slot cache ----------------------------------
+def calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
+    run = run_of(model_options, RUN_KEY)
+    if run is None or run.frame is None or x_in.shape != run.frame:
+        return executor(model, conds, x_in, timestep, model_options)  # not the sampler's frame
+    index = run.call_index
+    run.call_index += 1
+    if run.skipping:
+        cached = run.cond_eps[index] if index < len(run.cond_eps) else None
+        if cached is not None and [e is None for e in cached] == [c is None for c in conds]:
+            # An absent slot (uncond at cfg 1) is all zeros, as calc_cond_batch returns it.
+            return [denoised_from_eps(x_in, eps, timestep) if eps is not None else torch.zeros_like(x_in)
+                    for eps in cached]
+        # A call the last evaluation did not make (e.g. a hook changed the conds): run it.
+        return executor(model, conds, x_in, timestep, model_options)
+    out = executor(model, conds, x_in, timestep, model_options)
+    run.cond_eps.append([eps_from_denoised(x_in, o, timestep) if c is not None else None
+                         for c, o in zip(conds, out)])
+    return out
 
 
 def apply_adaptive(model, config: AdaptiveConfig, report: AdaptiveReport | None = None, node_id: str | None = None):
     """Validate, then return a patched clone of `model` (the input is left untouched)."""
     validate_config(config)
-    return AdaptivePatch(config, report, node_id).apply(model)
+    patched = install(model, WRAPPER_KEY, {WRAPPERS.OUTER_SAMPLE: outer_sample,
+                                           WRAPPERS.SAMPLER_SAMPLE: sampler_sample,
+                                           WRAPPERS.PREDICT_NOISE: predict_noise,
+                                           WRAPPERS.CALC_COND_BATCH: calc_cond_batch})
+    patched.model_options.setdefault("transformer_options", {})[WRAPPER_KEY] = AdaptiveSettings(
+        config, node_id, None if report is None else weakref.ref(report))
+    # First key = outermost wrapper. CutDiffusion must stay inside us (see the module
+    # docstring), so its wrappers move behind ours. (Its own apply re-adds its key last,
+    # so the order also holds the other way round.)
+    for kind in (WRAPPERS.OUTER_SAMPLE, WRAPPERS.SAMPLER_SAMPLE, WRAPPERS.PREDICT_NOISE,
+                 WRAPPERS.CALC_COND_BATCH):
+        inner = patched.get_wrappers(kind, CUTDIFFUSION_KEY)
+        if inner:
+            patched.remove_wrappers_with_key(kind, CUTDIFFUSION_KEY)
+            for wrapper in inner:
+                patched.add_wrapper_with_key(kind, CUTDIFFUSION_KEY, wrapper)
+    return patched

@@ -1,11 +1,14 @@
 """CutDiffusion as a ComfyUI model patch (spec 3.7).
 
 One ordinary sampling run on the full-size latent; only the denoiser changes
-with the step. Four wrappers on a *clone* of the ModelPatcher, all through
-ComfyUI's public `add_wrapper_with_key`:
+with the step. Four module-level wrappers on a *clone* of the ModelPatcher, all
+through ComfyUI's public `add_wrapper_with_key`; the clone's transformer_options
+hold the patch's `PatchSettings` under WRAPPER_KEY, copied with the model like
+any other option:
 
-- OUTER_SAMPLE: plans the run (sizes, sigmas), holds its state in the run's
-  own model options, pads to the patch grid and crops back.
+- OUTER_SAMPLE: plans the run from those settings (`PatchedRun`: sizes, sigmas,
+  native first's passes), holds its state in the run's own model options,
+  pads to the patch grid and crops back.
 - SAMPLER_SAMPLE: counts finished steps through the step callback, so a
   second-order sampler's extra evaluation of the last stage-1 step is still
   stage 1.
@@ -20,6 +23,8 @@ functions, which are plain torch.
 from __future__ import annotations
 
 import logging
+import weakref
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -41,16 +46,32 @@ from .stages import anchor_to_layout, guide_by_patches, guide_low_frequencies, s
 from .windows import make_weights
 from .wrapping import WRAPPERS, install, run_holder, run_of, watch_step_callback
 
-__all__ = ["CutDiffusionConfig", "CutDiffusionPatch", "RunReport", "apply_cutdiffusion", "cutdiffusion_stage",
-           "native_size_px", "sample", "MAX_AUTO_WINDOW_BATCH", "RUN_KEY", "WRAPPER_KEY", "Window"]
+__all__ = ["CutDiffusionConfig", "PatchSettings", "RunReport", "apply_cutdiffusion", "cutdiffusion_stage",
+           "native_size_px", "sample", "windows_per_call", "MAX_AUTO_WINDOW_BATCH", "RUN_KEY", "WRAPPER_KEY", "Window"]
 
 log = logging.getLogger("cutdiffusion")
 
-WRAPPER_KEY = "cutdiffusion"
-RUN_KEY = "cutdiffusion_run"
-# Set by sample() (the KSampler node) on a run at denoise 1: its sigmas are the scheduler's whole
-# schedule, text-to-image, even where that schedule starts below sigma_max (ddim_uniform).
-FULL_SCHEDULE_KEY = "cutdiffusion_full_schedule"
+WRAPPER_KEY = "cutdiffusion"      # the wrappers' key, and where the patched model keeps its PatchSettings
+RUN_KEY = "cutdiffusion_run"      # the RunState, in the run's own model options while it samples
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """What apply_cutdiffusion fixed for a patched model. Plain values, so every clone of the model
+    copies them like any option; the report is referred to weakly, because it belongs to whoever
+    patched the model (the CutDiffusion KSampler reads it after its run) and clones must not copy it."""
+    config: CutDiffusionConfig
+    native_px: int
+    latent_px: int = 8
+    # The sigmas are a scheduler's whole schedule, text-to-image, even where that schedule starts
+    # below sigma_max (ddim_uniform): set by sample() for a KSampler at denoise 1.
+    whole_schedule: bool = False
+    report: weakref.ref | None = None
+
+    def run_report(self) -> RunReport:
+        """The report this run fills: the patcher's, or one of its own where nobody reads it."""
+        report = self.report() if self.report is not None else None
+        return report if report is not None else RunReport()
 
 
 def cutdiffusion_stage(model_options: dict, timestep: torch.Tensor) -> int | None:
@@ -98,29 +119,19 @@ def _single_frame(latent: torch.Tensor) -> bool:
     return latent.ndim == 5 and latent.shape[2] == 1
 
 
-class CutDiffusionPatch:
-    """The four wrappers, bound to one configuration."""
+class PatchedRun:
+    """One sampling run of a patched model, built in OUTER_SAMPLE from its PatchSettings: the paper's
+    two stages, or native first's layout pass and target pass."""
 
-    def __init__(self, config: CutDiffusionConfig, native_px: int, report: RunReport | None = None,
-                 latent_px: int = 8):
-        self.config = config
-        self.native_px = native_px
-        self.latent_px = latent_px
-        self.report = report
+    def __init__(self, settings: PatchSettings):
+        self.config = settings.config
+        self.native_px = settings.native_px
+        self.latent_px = settings.latent_px
+        self.whole_schedule = settings.whole_schedule
+        self.report = settings.run_report()
 
-    def __deepcopy__(self, memo):
-        return self  # immutable settings; ModelPatcher.clone deep-copies model_options
-
-    def apply(self, model):
-        """A clone of `model` with the patch (replacing an earlier CutDiffusion patch on it)."""
-        return install(model, WRAPPER_KEY, {WRAPPERS.OUTER_SAMPLE: self.outer_sample,
-                                            WRAPPERS.SAMPLER_SAMPLE: self.sampler_sample,
-                                            WRAPPERS.PREDICT_NOISE: self.predict_noise,
-                                            WRAPPERS.CALC_COND_BATCH: self.calc_cond_batch})
-
-    # -- OUTER_SAMPLE: layout, plan, pad, run, crop ---------------------------
-    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
-                     disable_pbar=False, seed=None, **kwargs):
+    def sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+               disable_pbar=False, seed=None, **kwargs):
         guider = executor.class_obj
         first = self._native_first(guider, noise, sigmas, denoise_mask)
         if first is None:   # the paper's layout; under native first also img2img, masks and schedule segments
@@ -189,8 +200,7 @@ class CutDiffusionPatch:
         if self.config.layout != "native first" or denoise_mask is not None:
             return None
         sigma_max = float(guider.model_patcher.get_model_object("model_sampling").sigma_max)
-        whole_schedule = bool(run_of(guider.model_options, FULL_SCHEDULE_KEY))
-        if not is_full_noise(sigmas, sigma_max, whole_schedule):
+        if not is_full_noise(sigmas, sigma_max, self.whole_schedule):
             return None
         native = self.native_px // self.latent_px
         return native_first(noise.shape[-2], noise.shape[-1], native, len(sigmas) - 1, self.config.layout_denoise)
@@ -219,9 +229,8 @@ class CutDiffusionPatch:
             notes.append(f"ignored by this run ({'sampled directly' if kind == 'direct' else kind}): "
                          + ", ".join(ignored))
         log.info("CutDiffusion: %s", "; ".join(notes))
-        if self.report is not None:
-            self.report.plan, self.report.notes, self.report.layout = None, notes, first
-            self.report.stage1_evaluations = self.report.stage2_evaluations = 0
+        self.report.plan, self.report.notes, self.report.layout = None, notes, first
+        self.report.stage1_evaluations = self.report.stage2_evaluations = 0
 
     def _start_run(self, guider, noise, sigmas, seed, first: NativeFirst | None = None) -> RunState | None:
         """Plan this run, or None where it is plain sampling (said in the log and the report)."""
@@ -238,7 +247,7 @@ class CutDiffusionPatch:
                          split_sigma=float(model_sampling.percent_to_sigma(self.config.stage_split)))
         cfg = self.config
         plan = plan_run(cfg, **plan_args) if first is None else plan_target_pass(cfg, **plan_args)
-        report = self.report if self.report is not None else RunReport()
+        report = self.report
         report.plan, report.batch, report.notes = plan, noise.shape[0], []
         report.stage1_evaluations = report.stage2_evaluations = 0
         report.layout = first
@@ -261,7 +270,8 @@ class CutDiffusionPatch:
                                 "only window refinement; raise denoise or set min_stage1_steps for stage 1")
             log.warning("CutDiffusion: %s", report.notes[-1])
         log.info("CutDiffusion: %s", plan.summary())
-        run = RunState(plan, int(seed or 0), report, sigma_list, guidance=guidance_strength(cfg, plan))
+        run = RunState(plan, int(seed or 0), report, sigma_list, guidance=guidance_strength(cfg, plan),
+                       pixel_interaction=cfg.pixel_interaction, window_batch_size=cfg.window_batch_size)
         stride = window_stride_latent(cfg, self.native_px, self.latent_px)
         run.window_weights = make_weights(cfg.window_weights, plan.layout.win_h - stride, plan.layout.win_w - stride)
         return run
@@ -284,87 +294,99 @@ class CutDiffusionPatch:
             denoise_mask = pad_mask(denoise_mask, noise.shape, pad)
         return padded, latent_image, denoise_mask
 
-    # -- SAMPLER_SAMPLE: steps from the step callback ------------------------
-    def sampler_sample(self, executor, *args, **kwargs):
-        def watch(run: RunState, callback):
-            # A first guess at the sampler's evaluations per step; the counter learns the real one.
-            name = getattr(getattr(executor.class_obj, "sampler_function", None), "__name__", "")
-            run.steps.extra_after_callback = EVALUATIONS_PER_STEP.get(name.removeprefix("sample_"), 1) - 1
-            return run.steps.wrap(callback)
-        return watch_step_callback(executor, args, kwargs, RUN_KEY, watch)
 
-    # -- PREDICT_NOISE: which step (and stage) this evaluation is -------------
-    def predict_noise(self, executor, x, timestep, model_options={}, seed=None, **kwargs):
-        run = run_of(model_options, RUN_KEY)
-        if run is None:
-            return executor(x, timestep, model_options, seed, **kwargs)
-        run.begin_evaluation(timestep)
-        try:
-            return executor(x, timestep, model_options, seed, **kwargs)
-        finally:
-            run.end_evaluation()
+# -- OUTER_SAMPLE: layout, plan, pad, run, crop ---------------------------
+def outer_sample(executor, *args, **kwargs):
+    settings = run_of(executor.class_obj.model_options, WRAPPER_KEY)
+    if settings is None:   # another pack took our settings out of the model's options
+        return executor(*args, **kwargs)
+    return PatchedRun(settings).sample(executor, *args, **kwargs)
 
-    # -- CALC_COND_BATCH: the stages -----------------------------------------
-    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
-        run = run_of(model_options, RUN_KEY)
-        if run is None or run.eval_step is None:
-            return executor(model, conds, x_in, timestep, model_options)
-        frames = _single_frame(x_in)   # the stages cut images; the model gets its frame axis back per call
-        call = _ModelCall(self, run, executor, model, conds, timestep, model_options, frames=frames)
-        x = x_in[:, :, 0] if frames else x_in
-        predictions = self._stages(run, call, x)
-        if run.layout_anchor is not None:
-            run.layout_anchor = run.layout_anchor.to(x)   # moved once: a no-op from the second call on
-            predictions = anchor_to_layout(predictions, call.slots, run.layout_anchor, *run.anchor_size)
-        return [p.unsqueeze(2) for p in predictions] if frames else predictions
 
-    def _stages(self, run: RunState, call: "_ModelCall", x_in: torch.Tensor) -> list[torch.Tensor]:
-        if run.in_stage1(run.eval_step):
-            return call.stage1(x_in)
-        step = run.stage2_windows(run.eval_step)
-        run.report.stage2_evaluations += len(step.windows) * x_in.shape[0]
-        if len(step.windows) == 1 and (step.windows[0].h, step.windows[0].w) == tuple(x_in.shape[-2:]):
-            return call.whole(x_in)
-        layout = run.plan.layout
-        tiles = (len(layout.ys), len(layout.xs))
-        # Shifted tiles cover each pixel once: one reshape cuts them out and one puts them back.
-        tiled = layout.mode == "shifted" and (tiles[0] * layout.win_h, tiles[1] * layout.win_w) == tuple(x_in.shape[-2:])
-        windows_per_call = self._window_batch(run, call.model, x_in, step.windows[0], call.halves)
-        predictions = stage2_denoise(x_in, call.windows(tuple(x_in.shape[-2:]), step.shift), step, call.slots,
-                                     windows_per_call=windows_per_call, weights=run.window_weights,
-                                     tiles=tiles if tiled else None, buffers=run.blend_buffers_for)
-        if run.plan.guided:
-            weight = global_guidance_weight(run.guidance, run.eval_step - run.plan.stage1_steps,
-                                            run.plan.stage2_steps)
-            if run.plan.guidance == "layout":   # the patches' block means only
-                grid = run.plan.grid
-                predictions = guide_low_frequencies(predictions, call.stage1(x_in), weight, grid.rows, grid.cols)
-            else:
-                predictions = guide_by_patches(predictions, call.stage1(x_in), weight)
-        return predictions
+# -- SAMPLER_SAMPLE: steps from the step callback ------------------------
+def sampler_sample(executor, *args, **kwargs):
+    def watch(run: RunState, callback):
+        # A first guess at the sampler's evaluations per step; the counter learns the real one.
+        name = getattr(getattr(executor.class_obj, "sampler_function", None), "__name__", "")
+        run.steps.extra_after_callback = EVALUATIONS_PER_STEP.get(name.removeprefix("sample_"), 1) - 1
+        return run.steps.wrap(callback)
+    return watch_step_callback(executor, args, kwargs, RUN_KEY, watch)
 
-    def _window_batch(self, run: RunState, model, x_in, window: Window, cond_halves: int) -> int:
-        if self.config.window_batch_size > 0:
-            return self.config.window_batch_size
-        # Sized once per run and shape: free memory hardly moves between steps, and asking for it
-        # (torch.cuda.memory_stats) costs host time on every step.
-        key = (window.h, window.w, tuple(x_in.shape[:2]), cond_halves, x_in.device)
-        if key not in run.window_batches:
-            free = comfy.model_management.get_free_memory(x_in.device)
-            per_window = model.memory_required([max(1, cond_halves) * x_in.shape[0], x_in.shape[1],
-                                                window.h, window.w])
-            # Same 1.5x safety margin ComfyUI uses when it batches conds.
-            run.window_batches[key] = int(max(1, min(MAX_AUTO_WINDOW_BATCH, free // (1.5 * per_window))))
-        return run.window_batches[key]
+
+# -- PREDICT_NOISE: which step (and stage) this evaluation is -------------
+def predict_noise(executor, x, timestep, model_options={}, seed=None, **kwargs):
+    run = run_of(model_options, RUN_KEY)
+    if run is None:
+        return executor(x, timestep, model_options, seed, **kwargs)
+    run.begin_evaluation(timestep)
+    try:
+        return executor(x, timestep, model_options, seed, **kwargs)
+    finally:
+        run.end_evaluation()
+
+
+# -- CALC_COND_BATCH: the stages -----------------------------------------
+def calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
+    run = run_of(model_options, RUN_KEY)
+    if run is None or run.eval_step is None:
+        return executor(model, conds, x_in, timestep, model_options)
+    frames = _single_frame(x_in)   # the stages cut images; the model gets its frame axis back per call
+    call = _ModelCall(run, executor, model, conds, timestep, model_options, frames=frames)
+    x = x_in[:, :, 0] if frames else x_in
+    predictions = _stages(run, call, x)
+    if run.layout_anchor is not None:
+        run.layout_anchor = run.layout_anchor.to(x)   # moved once: a no-op from the second call on
+        predictions = anchor_to_layout(predictions, call.slots, run.layout_anchor, *run.anchor_size)
+    return [p.unsqueeze(2) for p in predictions] if frames else predictions
+
+def _stages(run: RunState, call: "_ModelCall", x_in: torch.Tensor) -> list[torch.Tensor]:
+    if run.in_stage1(run.eval_step):
+        return call.stage1(x_in)
+    step = run.stage2_windows(run.eval_step)
+    run.report.stage2_evaluations += len(step.windows) * x_in.shape[0]
+    if len(step.windows) == 1 and (step.windows[0].h, step.windows[0].w) == tuple(x_in.shape[-2:]):
+        return call.whole(x_in)
+    layout = run.plan.layout
+    tiles = (len(layout.ys), len(layout.xs))
+    # Shifted tiles cover each pixel once: one reshape cuts them out and one puts them back.
+    tiled = layout.mode == "shifted" and (tiles[0] * layout.win_h, tiles[1] * layout.win_w) == tuple(x_in.shape[-2:])
+    per_call = windows_per_call(run, call.model, x_in, step.windows[0], call.halves)
+    predictions = stage2_denoise(x_in, call.windows(tuple(x_in.shape[-2:]), step.shift), step, call.slots,
+                                 windows_per_call=per_call, weights=run.window_weights,
+                                 tiles=tiles if tiled else None, buffers=run.blend_buffers_for)
+    if run.plan.guided:
+        weight = global_guidance_weight(run.guidance, run.eval_step - run.plan.stage1_steps,
+                                        run.plan.stage2_steps)
+        if run.plan.guidance == "layout":   # the patches' block means only
+            grid = run.plan.grid
+            predictions = guide_low_frequencies(predictions, call.stage1(x_in), weight, grid.rows, grid.cols)
+        else:
+            predictions = guide_by_patches(predictions, call.stage1(x_in), weight)
+    return predictions
+
+def windows_per_call(run: RunState, model, x_in, window: Window, cond_halves: int) -> int:
+    """How many windows (or patches) of `window`'s shape go to the model in one call: the user's
+    window_batch_size, or what free memory holds."""
+    if run.window_batch_size > 0:
+        return run.window_batch_size
+    # Sized once per run and shape: free memory hardly moves between steps, and asking for it
+    # (torch.cuda.memory_stats) costs host time on every step.
+    key = (window.h, window.w, tuple(x_in.shape[:2]), cond_halves, x_in.device)
+    if key not in run.window_batches:
+        free = comfy.model_management.get_free_memory(x_in.device)
+        per_window = model.memory_required([max(1, cond_halves) * x_in.shape[0], x_in.shape[1],
+                                            window.h, window.w])
+        # Same 1.5x safety margin ComfyUI uses when it batches conds.
+        run.window_batches[key] = int(max(1, min(MAX_AUTO_WINDOW_BATCH, free // (1.5 * per_window))))
+    return run.window_batches[key]
 
 
 class _ModelCall:
     """One ComfyUI calc_cond_batch call, offered to the stages as `denoise(images, views)`:
     each stack of patches or windows goes to the model with conds cut to match."""
 
-    def __init__(self, patch: CutDiffusionPatch, run: RunState, executor, model, conds, timestep, model_options,
-                 frames: bool = False):
-        self.patch, self.run, self.executor, self.model = patch, run, executor, model
+    def __init__(self, run: RunState, executor, model, conds, timestep, model_options, frames: bool = False):
+        self.run, self.executor, self.model = run, executor, model
         self.conds, self.timestep, self.model_options = conds, timestep, model_options
         self.frames = frames   # the model takes [B, C, 1, H, W]
         self.slots = [c is not None for c in conds]
@@ -391,9 +413,8 @@ class _ModelCall:
         run.report.stage1_evaluations += grid.n * batch
         patch_shape = torch.Size((grid.n * batch, x.shape[1], grid.patch_h, grid.patch_w))
         permutation = (run.permutation(patch_shape, x.device)
-                       if self.patch.config.pixel_interaction and grid.n > 1 else None)
-        patches_per_call = self.patch._window_batch(run, self.model, x, Window(0, 0, grid.patch_h, grid.patch_w),
-                                                    self.halves)
+                       if run.pixel_interaction and grid.n > 1 else None)
+        patches_per_call = windows_per_call(run, self.model, x, Window(0, 0, grid.patch_h, grid.patch_w), self.halves)
         frame = tuple(x.shape[-2:])
 
         def denoise(stack: torch.Tensor, patches: range) -> list[torch.Tensor]:
@@ -422,7 +443,13 @@ def apply_cutdiffusion(model, config: CutDiffusionConfig, report: RunReport | No
     validate_for_latent(config, scale)
     native_px = config.patch_size or native_size_px(model)
     validate_stride(config.window_stride, native_px)
-    return CutDiffusionPatch(config, native_px, report, scale).apply(model)
+    settings = PatchSettings(config, native_px, scale, report=None if report is None else weakref.ref(report))
+    patched = install(model, WRAPPER_KEY, {WRAPPERS.OUTER_SAMPLE: outer_sample,
+                                           WRAPPERS.SAMPLER_SAMPLE: sampler_sample,
+                                           WRAPPERS.PREDICT_NOISE: predict_noise,
+                                           WRAPPERS.CALC_COND_BATCH: calc_cond_batch})
+    patched.model_options.setdefault("transformer_options", {})[WRAPPER_KEY] = settings
+    return patched
 
 
 def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
@@ -430,9 +457,10 @@ def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, schedule
     """KSampler's sampling (ComfyUI's noise, preview callback, progress bar) on a given MODEL."""
     import latent_preview  # ComfyUI's top-level module; only there inside a ComfyUI process
 
-    if denoise > 0.9999:   # KSampler's own test for its whole schedule
+    settings = run_of(model.model_options, WRAPPER_KEY)
+    if settings is not None and denoise > 0.9999:   # KSampler's own test for its whole schedule
         model = model.clone()
-        model.model_options.setdefault("transformer_options", {})[FULL_SCHEDULE_KEY] = True
+        model.model_options["transformer_options"][WRAPPER_KEY] = replace(settings, whole_schedule=True)
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     callback = latent_preview.prepare_callback(model, steps)

@@ -26,9 +26,6 @@ class RunReport:
     layout: object = None         # layout.NativeFirst of a native-first run: its layout pass
     notes: list[str] = field(default_factory=list)
 
-    def __deepcopy__(self, memo):
-        return self  # shared with model clones on purpose: it belongs to the node call that made it
-
     def summary(self) -> str:
         if self.plan is None:
             return "CutDiffusion: " + ("; ".join(self.notes) or "no sampling run")
@@ -49,6 +46,8 @@ class RunState:
     report: RunReport
     sigmas: list[float]
     guidance: float = 0.0               # global guidance strength of this run's stage 2
+    pixel_interaction: bool = True      # stage 1 exchanges pixels among its patches
+    window_batch_size: int = 0          # windows per model call; 0 = as many as free memory holds
     layout_anchor: torch.Tensor | None = None      # native first: the upscaled layout, in model space
     anchor_size: tuple[int, int] = (1, 1)          # the size its coarse structure is taken at
     steps: StepCounter = field(default_factory=StepCounter)

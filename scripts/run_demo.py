@@ -4,8 +4,8 @@ real executor (headless, CPU), at three sizes with three methods, plus a side-by
     bash scripts/demo.sh          # sets up .venv first; outputs under out/demo/
 
 Methods: direct inference (ComfyUI's KSampler at the target size), MultiDiffusion
-(CutDiffusion KSampler with stage_split 0), the paper's CutDiffusion (the workflow as shipped:
-layout patches) and the pack's default (layout native first). Targets: 4x the
+(CutDiffusion KSampler, layout patches, stage_split 0), the paper's CutDiffusion (layout patches)
+and the pack's default (the workflow as shipped: layout native first, target pass on the whole frame). Targets: 4x the
 native area, a 2:1 panorama and a 1:2 portrait. The demo model has only ever seen one object
 per image: repeated objects are the method's doing.
 """
@@ -48,9 +48,9 @@ def demo_prompt(method: str, width: int, height: int, seed: int) -> tuple[dict, 
         sampler["class_type"] = "KSampler"
         sampler["inputs"] = {k: v for k, v in sampler["inputs"].items() if k in KSAMPLER_INPUTS}
     elif method == "MultiDiffusion":
-        sampler["inputs"]["stage_split"] = 0.0
-    elif method == "pack default (native first)":
-        sampler["inputs"]["layout"] = "native first"
+        sampler["inputs"].update(layout="patches", stage_split=0.0)
+    elif method == "CutDiffusion (paper)":
+        sampler["inputs"]["layout"] = "patches"
     save = prompt[by_type["SaveImage"]]
     slug = "_".join("".join(c if c.isalnum() else " " for c in method.lower()).split())
     save["inputs"]["filename_prefix"] = f"demo/{slug}_{width}x{height}"

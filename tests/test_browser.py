@@ -361,10 +361,12 @@ def test_demo_workflow_runs_from_the_run_button(page, capsys):
     _load_template(page, "cutdiffusion_demo_model")
     _show_sampler(page)
     shown = _shown_plan(page, "model_source=CutDiffusionDemoModel")
-    assert shown["captions"][0].endswith("2×4 patches")   # the workflow's size: 4x2 times the demo's native size
+    # The workflow runs the defaults: a layout pass at the native area, then the last 6 of its 12 steps
+    # on the whole 512x256 px frame.
+    assert shown["captions"] == ["no patches", "target pass: 6 steps, whole frame"], shown
     page.find_element(By.CSS_SELECTOR, "[data-testid='queue-button']").click()
     report = _wait(page, f"{SAMPLER_JS}.cutdiffusion.lastRun", RUN_TIMEOUT_S, "the run's report on the node")
-    assert "made" in report and "evaluations" in report, report
+    assert "native-first layout" in report and "the last 6 on the whole frame (512x256 px" in report, report
     save_id = page.execute_script("return app.graph.nodes.find(n => n.type === 'SaveImage').id")
     _wait(page, f"app.nodeOutputs[{save_id!r}]?.images?.length", PAGE_TIMEOUT_S, "the saved image on SaveImage")
     time.sleep(1)  # let the image preview decode before the screenshot
@@ -384,7 +386,8 @@ def test_demo_workflow_runs_from_the_run_button(page, capsys):
     adaptive = _wait(page, f"{SAMPLER_JS}.cutdiffusion.adaptive", RUN_TIMEOUT_S, "AdaptiveDiffusion's report")
     made, skipped = map(int, re.fullmatch(r"AdaptiveDiffusion: (\d+) evaluations made, (\d+) skipped",
                                           adaptive).groups())
-    assert made + skipped == 12 and made >= 4, adaptive   # one per step; the warm-up steps always run
+    # One per step of each pass (12 + 6); the warm-up steps always run.
+    assert made + skipped == 12 + 6 and made >= 4, adaptive
     # The same line on AdaptiveDiffusion itself, as a DOM widget that is never saved.
     on_node = page.execute_script("""
         const node = app.graph.nodes.find(n => n.type === 'AdaptiveDiffusion');
@@ -413,8 +416,7 @@ def test_a_workflow_saved_before_layout_keeps_the_papers_layout(page):
     names = [spec.name for spec in uw.widget_specs("CutDiffusionKSampler")]
     layout_at = names.index("layout") + 1                       # + seed's control value
     saved_values = list(sampler["widgets_values"])
-    assert saved_values[layout_at] == "patches"
-    saved_values[layout_at] = "native first"
+    assert saved_values[layout_at] == "native first"
 
     def load_and_read(values) -> dict:
         sampler["widgets_values"] = values

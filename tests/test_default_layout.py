@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import comfy.model_management
+import comfy.patcher_extension
 import comfy.sample
 
 from cutdiff_dev import comfy_runtime as rt
@@ -165,3 +166,47 @@ def test_sdxl_size_conditioning_says_what_each_pass_samples(model, conds, target
             crops.add(tuple(next(v for v in range(0, 2 * PATCH, 8) if torch.allclose(s, emb(v), atol=1e-5))
                             for s in sizes[2:4]))
     assert crops == {(0, 0)} if target_pass == "whole frame" else len(crops) > 1   # rolled tiles start anywhere
+
+
+def _out_of_memory_above(patched, side: int):
+    """`patched` with a UNet wrapper that runs out of memory on latents larger than `side` x `side`,
+    as a card would on a whole frame it cannot hold."""
+    def unet(executor, x, *args, **kwargs):
+        if x.shape[-2] * x.shape[-1] > side * side:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return executor(x, *args, **kwargs)
+    patched = patched.clone()
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_oom", unet)
+    return patched
+
+
+def test_a_whole_frame_too_large_for_memory_names_the_tiled_path(model, conds):
+    latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
+    whole = _out_of_memory_above(apply_cutdiffusion(model, CutDiffusionConfig(**_default())), PATCH // 8)
+    with pytest.raises(RuntimeError, match=r"whole-frame target pass at 256x256 px ran out of memory; set "
+                                           r"target_pass to tiles") as caught:
+        sample(whole, 1, 4, 5.0, "euler", "normal", *conds, latent)
+    assert isinstance(caught.value.__cause__, torch.OutOfMemoryError)
+    # The path it names holds every model call to the native size, so the same card runs it.
+    tiled = _out_of_memory_above(apply_cutdiffusion(model, CutDiffusionConfig(**_default(target_pass="tiles"))),
+                                 PATCH // 8)
+    out = sample(tiled, 1, 4, 5.0, "euler", "normal", *conds, latent)["samples"]
+    assert out.shape[-2:] == (32, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("target_pass", TARGET_PASSES)
+def test_clones_of_a_patched_model_run_the_patch_and_fill_its_report(model, conds, target_pass):
+    """Other nodes clone the MODEL between the patch and the sampler (ModelPatcher.clone deep-copies
+    the options): the clone samples exactly like the patched model and the patcher still reads its
+    report; the patch keeps no report alive that nobody reads."""
+    latent = rt.empty_latent(2 * PATCH, 2 * PATCH)
+    report = RunReport()
+    patched = apply_cutdiffusion(model, CutDiffusionConfig(**_default(target_pass=target_pass)), report)
+    direct = sample(patched, 3, 4, 5.0, "euler", "normal", *conds, latent)["samples"]
+    notes = list(report.notes)
+    report.notes = []
+    cloned = sample(patched.clone().clone(), 3, 4, 5.0, "euler", "normal", *conds, latent)["samples"]
+    assert torch.equal(direct, cloned)
+    assert report.notes == notes and report.layout is not None
+    unread = apply_cutdiffusion(model, CutDiffusionConfig(**_default(target_pass=target_pass)), RunReport())
+    assert torch.equal(sample(unread, 3, 4, 5.0, "euler", "normal", *conds, latent)["samples"], direct)

@@ -170,14 +170,14 @@ def test_window_batches_bound_the_model_batch(model, conds, stage_split):
 
 
 def test_automatic_window_batch_is_sane(model):
-    patch = cutdiffusion_patch.CutDiffusionPatch(cutdiffusion_patch.CutDiffusionConfig(), 1024)
-    run = types.SimpleNamespace(window_batches={})  # the one RunState field the sizing uses
+    run = types.SimpleNamespace(window_batches={}, window_batch_size=0)  # the RunState fields the sizing uses
     x, window = torch.zeros(1, 4, 256, 256), cutdiffusion_patch.Window(0, 0, 128, 128)
-    chunk = patch._window_batch(run, model.model, x, window, 2)
+    chunk = cutdiffusion_patch.windows_per_call(run, model.model, x, window, 2)
     assert 1 <= chunk <= cutdiffusion_patch.MAX_AUTO_WINDOW_BATCH
     # Sized once per run and window shape, not on every step.
     assert list(run.window_batches.values()) == [chunk]
-    assert patch._window_batch(run, model.model, x, window, 2) == chunk and len(run.window_batches) == 1
+    assert cutdiffusion_patch.windows_per_call(run, model.model, x, window, 2) == chunk
+    assert len(run.window_batches) == 1
 
 
 @pytest.mark.parametrize("scheduler", ["normal", "karras", "exponential"])
