@@ -18,6 +18,10 @@ class CutDiffusionConfig:
     """The patch's settings, as on the CutDiffusion node (sizes in pixels). Defaults: the paper's,
     except native first's (`layout`, `layout_denoise`, `target_pass`: what issue 23's rule chose on the
     detail proxy's selection set; "patches" = the paper)."""
+    layout: str = "native first"
+    target_pass: str = "whole frame"
+    layout_denoise: float = 0.5
+    layout_guidance: float = 1.0
     patch_size: int = 0
     window_stride: int = 0
     stage_split: float = 0.5
@@ -28,10 +32,6 @@ class CutDiffusionConfig:
     window_weights: str = "uniform"
     min_stage1_steps: int = 0
     global_guidance: float = 0.0
-    layout: str = "native first"
-    layout_denoise: float = 0.5
-    layout_guidance: float = 1.0
-    target_pass: str = "whole frame"
 
 
 @dataclass(frozen=True)
@@ -54,15 +54,42 @@ class Setting:
 
 _DEFAULTS = {f.name: f.default for f in fields(CutDiffusionConfig)}
 
-# Node input order.
+# Node input order: the layout and its own inputs first, then the paper's.
 SETTINGS: tuple[Setting, ...] = (
+    Setting("layout", options=LAYOUTS, advanced=False, when_absent="patches",
+            tooltip="native first (default, beyond the paper): draw the image at the model's native area first "
+                    "(the target's aspect, all steps), upscale it and re-run the last layout_denoise of the "
+                    "steps at the target size, on the whole frame (target_pass, a hires fix) or in native-size "
+                    "tiles held to the layout - one subject, kept in proportion; a target within the native area "
+                    "is sampled directly. patches: the paper's CutDiffusion from noise at the target size (stage "
+                    "1 on interleaved patches, stage 2 in windows). Only text-to-image runs (denoise 1) above "
+                    "native size have a layout pass; greyed inputs are not used by the chosen layout."),
+    Setting("target_pass", acts_on=("native first, tiles", "native first, whole frame"), options=TARGET_PASSES,
+            when_absent="tiles", advanced=False,
+            tooltip="How the target size is re-run after the layout is upscaled. whole frame: the whole image in "
+                    "every model call, as ComfyUI's own hires fix (no patches or windows): memory and time grow "
+                    "with the area (attention faster than that); if it runs out of memory, use tiles. tiles: "
+                    "native-size shifted tiles held to the layout, CutDiffusion's stage-1 patches guiding them "
+                    "(layout_guidance): memory of one native-size batch at any size."),
+    Setting("layout_denoise", acts_on=("native first, tiles", "native first, whole frame"), bounds=(0.0, 1.0), step=0.05,
+            when_absent=0.3, advanced=False,
+            tooltip="The part of the schedule re-run at the target size after the native "
+                    "layout is upscaled (like KSampler's denoise for a hires fix). Lower keeps the layout "
+                    "closer, higher draws more detail at the target size. 0.5 measured best with the whole "
+                    "frame on the detail proxy (0.3 with tiles on the first demo model)."),
+    Setting("layout_guidance", acts_on=("native first, tiles",), bounds=(0.0, 1.0), step=0.05, when_absent=1.0,
+            tooltip="How strongly the stage-1 patches (each a view of the whole image) hold "
+                    "the layout while the target size is re-run: their coarse prediction replaces the tiles' "
+                    "where a tile would start a new small subject; edges and texture stay the tiles' own. Fades "
+                    "to 0 by the end; costs one patch set per step; applies where the patch grid is square. "
+                    "0 = off."),
     Setting("patch_size", bounds=(0, 16384), step=LATENT_SCALE,
             tooltip="The model's native (training) size in px: the size of each stage-1 patch and stage-2 window. "
                     "0 = automatic from the model type (SDXL 1024, SD1.5 512)."),
     Setting("window_stride", acts_on=("patches",), bounds=(0, 16384), step=LATENT_SCALE,
             tooltip="Stage-2 window stride in px. Smaller = more overlap, smoother, slower (more windows). "
                     "0 = half the patch size (512 px on SDXL, as in the paper)."),
-    Setting("stage_split", acts_on=("patches", "native first, tiles"), bounds=(0.0, 1.0), step=0.01, advanced=False,
+    Setting("stage_split", acts_on=("patches", "native first, tiles"), bounds=(0.0, 1.0), step=0.01,
             tooltip="patches layout: where stage 1 (global structure, few patches) hands over to stage 2 (detail, "
                     "windows), as a noise level in ComfyUI's percent convention, so it means the same for every "
                     "scheduler. 0.5 = the paper's 25/25 of 50 SDXL steps. 0 = plain MultiDiffusion; 1 = stage 1 "
@@ -97,31 +124,6 @@ SETTINGS: tuple[Setting, ...] = (
                     "end. Use it if subjects still repeat or small copies appear around a large one (1 = "
                     "strongest); costs one patch set per stage-2 step. For layout patches and img2img; native first "
                     "has layout_guidance."),
-    Setting("layout", options=LAYOUTS, advanced=False, when_absent="patches",
-            tooltip="native first (default, beyond the paper): draw the image at the model's native area first "
-                    "(the target's aspect, all steps), upscale it and re-run the last layout_denoise of the "
-                    "steps at the target size, on the whole frame (target_pass, a hires fix) or in native-size "
-                    "tiles held to the layout - one subject, kept in proportion; a target within the native area "
-                    "is sampled directly. patches: the paper's CutDiffusion from noise at the target size (stage "
-                    "1 on interleaved patches, stage 2 in windows). Only text-to-image runs (denoise 1) above "
-                    "native size have a layout pass; greyed inputs are not used by the chosen layout."),
-    Setting("layout_denoise", acts_on=("native first, tiles", "native first, whole frame"), bounds=(0.0, 1.0), step=0.05, when_absent=0.3,
-            tooltip="The part of the schedule re-run at the target size after the native "
-                    "layout is upscaled (like KSampler's denoise for a hires fix). Lower keeps the layout "
-                    "closer, higher draws more detail at the target size. 0.5 measured best with the whole "
-                    "frame on the detail proxy (0.3 with tiles on the first demo model)."),
-    Setting("layout_guidance", acts_on=("native first, tiles",), bounds=(0.0, 1.0), step=0.05, when_absent=1.0,
-            tooltip="How strongly the stage-1 patches (each a view of the whole image) hold "
-                    "the layout while the target size is re-run: their coarse prediction replaces the tiles' "
-                    "where a tile would start a new small subject; edges and texture stay the tiles' own. Fades "
-                    "to 0 by the end; costs one patch set per step; applies where the patch grid is square. "
-                    "0 = off."),
-    Setting("target_pass", acts_on=("native first, tiles", "native first, whole frame"), options=TARGET_PASSES, when_absent="tiles",
-            tooltip="How the target size is re-run after the layout is upscaled. whole frame: the whole image in "
-                    "every model call, as ComfyUI's own hires fix (no patches or windows): memory and time grow "
-                    "with the area (attention faster than that); if it runs out of memory, use tiles. tiles: "
-                    "native-size shifted tiles held to the layout, CutDiffusion's stage-1 patches guiding them "
-                    "(layout_guidance): memory of one native-size batch at any size."),
 )
 
 
@@ -173,7 +175,7 @@ def acts_on_note(setting: Setting) -> str:
 
 def config_from_inputs(inputs: dict) -> CutDiffusionConfig:
     """The config of a node's inputs; an input a saved prompt predates takes its `when_absent`
-    value (an old workflow keeps what it ran: the paper's layout)."""
+    value (an old workflow keeps what it ran: the paper's layout), any other absent one its default."""
     absent = {s.name: s.when_absent for s in SETTINGS if s.when_absent is not None and s.name not in inputs}
     return CutDiffusionConfig(**inputs, **absent)
 

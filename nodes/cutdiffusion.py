@@ -34,14 +34,15 @@ def _setting_input(setting: Setting):
             extra["step"] = setting.step
     if setting.advanced:
         extra.update(advanced(kind.Input))
-    if setting.when_absent is not None:
-        extra["optional"] = True
-    return kind.Input(setting.name, **common, **extra)
+    # Optional, all of them: ComfyUI puts required inputs before optional ones, and `layout` (optional
+    # since prompts saved before it exist) comes first; an absent one is its config default or
+    # when_absent (config_from_inputs).
+    return kind.Input(setting.name, optional=True, **common, **extra)
 
 
 def patch_inputs() -> list:
-    """The patch's settings, shared by both nodes (defaults = the reference implementation);
-    all but stage_split are expert settings (advanced)."""
+    """The patch's settings, shared by both nodes, in config.SETTINGS' order: `layout` first, then
+    native first's own inputs, then the paper's (expert, advanced)."""
     return [_setting_input(setting) for setting in SETTINGS]
 
 
@@ -55,10 +56,11 @@ class CutDiffusion(io.ComfyNode):
             description="Patch a model for tuning-free high-resolution generation; use it with any sampler node at a "
                         "large latent size. Default (layout native first, beyond the paper): the image is drawn at "
                         "the model's native area, upscaled, and the last layout_denoise of the schedule re-run at "
-                        "the target size in shifted tiles held to that layout, CutDiffusion's stage-1 patches "
-                        "guiding it. layout patches: the paper's CutDiffusion (arXiv 2404.15141), stage 1 on "
-                        "interleaved native-size patches, stage 2 in overlapping windows. Greyed inputs are not "
-                        "used by the chosen layout.",
+                        "the target size on the whole frame (a hires fix in one sampler node); target_pass tiles "
+                        "re-runs it in native-size shifted tiles held to that layout, CutDiffusion's stage-1 "
+                        "patches guiding them. layout patches: the paper's CutDiffusion (arXiv 2404.15141), stage "
+                        "1 on interleaved native-size patches, stage 2 in overlapping windows. Greyed inputs are "
+                        "not used by the chosen layout.",
             inputs=[io.Model.Input("model", tooltip="The model to patch (it is not modified; a patched copy is returned).")]
                    + patch_inputs(),
             outputs=[io.Model.Output(tooltip="The model with CutDiffusion: sample it at the target size with "
@@ -80,10 +82,12 @@ class CutDiffusionKSampler(io.ComfyNode):
             category=CATEGORY,
             description="KSampler for images larger than the model's native size. Default (layout native first, "
                         "beyond the paper): a layout pass at the native area, a bicubic upscale, then the last "
-                        "layout_denoise of the schedule at the target size in shifted tiles held to the layout "
-                        "(CutDiffusion's patches as guidance). layout patches: the paper's two stages in one "
-                        "sampling run. At the native size it gives exactly KSampler's result; the preview shows "
-                        "the plan and greys the inputs the chosen layout does not use.",
+                        "layout_denoise of the schedule at the target size on the whole frame - exactly a hires "
+                        "fix of ComfyUI's core nodes, no CutDiffusion part. target_pass tiles: that pass in "
+                        "native-size shifted tiles held to the layout, CutDiffusion's patches guiding them (the "
+                        "memory of a native-size image at any size). layout patches: the paper's CutDiffusion, "
+                        "two stages in one sampling run. At the native size it gives exactly KSampler's result; "
+                        "the preview shows the plan and greys the inputs the chosen layout does not use.",
             inputs=[
                 io.Model.Input("model", tooltip="The model used for denoising (SDXL, SD1.5, ...)."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,

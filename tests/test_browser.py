@@ -41,7 +41,8 @@ RUN_TIMEOUT_S = 240
 VUE_TIMEOUT_S = 15
 # Expert inputs marked advanced=True (nodes/cutdiffusion.py, nodes/adaptive.py) where ComfyUI's V3
 # inputs take it; the CutDiffusion KSampler then shows these widgets by default.
-SAMPLER_BASIC_WIDGETS = ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise", "stage_split", "layout"]
+SAMPLER_BASIC_WIDGETS = ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise", "layout", "target_pass",
+                         "layout_denoise"]
 
 
 @pytest.fixture(scope="module")
@@ -403,40 +404,64 @@ def test_demo_workflow_runs_from_the_run_button(page, capsys):
     _report(capsys, f"demo run: {report}; {adaptive}; screenshots in {SHOTS}")
 
 
-def test_a_workflow_saved_before_layout_keeps_the_papers_layout(page):
-    """The frontend hook (web/js/cutdiffusion.js onConfigure): a CutDiffusion KSampler saved before the
-    `layout` input existed (its widget values end before it) loads with the paper's `patches`, one
-    saved with a layout keeps it, and a node added now gets the default (native first); one saved before
-    `target_pass` existed keeps the tiles it ran."""
+def test_workflows_saved_earlier_keep_what_they_ran(page):
+    """The frontend hook (web/js/cutdiffusion.js restoreEarlierOrder): a CutDiffusion KSampler saved with
+    the earlier settings order (`layout` and its inputs last) gets every value back by name, in the
+    widgets and in the prompt sent to the server; one saved before `layout` existed runs the paper's
+    `patches`, one saved before `target_pass` the tiles it ran; today's saves and new nodes are
+    untouched."""
     import json
 
     rt.init_nodes()
-    workflow = json.loads((rt.REPO_ROOT / "workflows" / "cutdiffusion_demo_model.json").read_text())
-    sampler = next(n for n in workflow["nodes"] if n["type"] == "CutDiffusionKSampler")
-    names = [spec.name for spec in uw.widget_specs("CutDiffusionKSampler")]
-    layout_at = names.index("layout") + 1                       # + seed's control value
-    saved_values = list(sampler["widgets_values"])
-    assert saved_values[layout_at] == "native first"
+    earlier = json.loads((rt.REPO_ROOT / "tests" / "data" / "demo_workflow_saved_before_layout_first.json").read_text())
+    sampler = next(n for n in earlier["nodes"] if n["type"] == "CutDiffusionKSampler")
+    earlier_order = ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise",
+                     "patch_size", "window_stride", "stage_split", "window_batch_size", "window_jitter",
+                     "pixel_interaction", "stage2_mode", "window_weights", "min_stage1_steps", "global_guidance",
+                     "layout", "layout_denoise", "layout_guidance", "target_pass"]
+    values = list(sampler["widgets_values"])
+    assert len(values) == len(earlier_order)
+    saved = dict(zip(earlier_order, values))
 
-    def load_and_read(values) -> dict:
-        sampler["widgets_values"] = values
+    def load_and_read(workflow, values) -> dict:
+        node = next(n for n in workflow["nodes"] if n["type"] == "CutDiffusionKSampler")
+        node["widgets_values"] = values
         error = page.execute_async_script("""
             const [wf, done] = arguments;
-            app.loadGraphData(wf, true, true, 'layout-check').then(() => done(null), e => done(String(e)));""",
+            app.loadGraphData(wf, true, true, 'order-check').then(() => done(null), e => done(String(e)));""",
             workflow)
         assert error is None, error
-        return page.execute_script(f"""
+        return page.execute_async_script(f"""
+            const done = arguments[0];
             const node = {SAMPLER_JS};
             const fresh = LiteGraph.createNode('CutDiffusionKSampler');
-            const value = (n, name) => n.widgets.find(w => w.name === name).value;
-            return {{loaded: value(node, 'layout'), fresh: value(fresh, 'layout'),
-                     target_pass: value(node, 'target_pass'), fresh_target_pass: value(fresh, 'target_pass')}};""")
+            const read = n => Object.fromEntries(n.widgets.filter(w => w.name !== 'cutdiffusion_plan')
+                                                           .map(w => [w.name, w.value]));
+            app.graphToPrompt().then(p => done({{widgets: read(node), fresh: read(fresh),
+                                                prompt: p.output[String(node.id)].inputs}}));""")
 
-    old = load_and_read(saved_values[:layout_at])
-    assert (old["loaded"], old["fresh"]) == ("patches", "native first")
-    assert load_and_read(saved_values)["loaded"] == "native first"
-    # Saved with native first before target_pass existed (issue 23): it keeps the tiles it ran.
-    target_at = names.index("target_pass") + 1
-    before = load_and_read(saved_values[:target_at])
-    assert (before["loaded"], before["target_pass"], before["fresh_target_pass"]) == ("native first", "tiles",
-                                                                                       "whole frame")
+    got = load_and_read(earlier, values)
+    for name, value in saved.items():
+        assert got["widgets"][name] == value, (name, got["widgets"])
+        if name != "control_after_generate":
+            assert got["prompt"][name] == value, (name, got["prompt"])
+    assert (got["fresh"]["layout"], got["fresh"]["target_pass"]) == ("native first", "whole frame")
+
+    # Saved before `layout` existed: the paper's layout, the rest as saved.
+    before_layout = load_and_read(earlier, values[:earlier_order.index("layout")])["widgets"]
+    assert before_layout["layout"] == "patches" and before_layout["target_pass"] == "tiles"
+    assert [before_layout[n] for n in earlier_order[:earlier_order.index("layout")]] == \
+        values[:earlier_order.index("layout")]
+    # Saved with native first before `target_pass` existed (issue 23): the tiles it ran.
+    native_first = list(values)
+    native_first[earlier_order.index("layout")] = "native first"
+    before_target = load_and_read(earlier, native_first[:earlier_order.index("target_pass")])["widgets"]
+    assert (before_target["layout"], before_target["layout_denoise"], before_target["target_pass"]) == \
+        ("native first", 0.4, "tiles")
+
+    # Today's order loads as saved.
+    today = json.loads((rt.REPO_ROOT / "workflows" / "cutdiffusion_demo_model.json").read_text())
+    today_values = next(n for n in today["nodes"] if n["type"] == "CutDiffusionKSampler")["widgets_values"]
+    names = ["seed", "control_after_generate", *[spec.name for spec in uw.widget_specs("CutDiffusionKSampler")][1:]]
+    assert [load_and_read(today, list(today_values))["widgets"][n] for n in names] == today_values
+

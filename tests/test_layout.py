@@ -186,8 +186,12 @@ def test_img2img_keeps_the_papers_layout(model, conds):
 def test_saved_prompt_without_layout_runs_the_papers_layout(model, conds):
     """A prompt saved before the layout input existed keeps what it ran; a new node defaults to native first."""
     from cutdiff_core.config import config_from_inputs
-    old = config_from_inputs({"patch_size": PATCH, "stage_split": 0.5})
+    old = config_from_inputs({"patch_size": PATCH, "stage_split": 0.6})
     assert (old.layout, CutDiffusionConfig().layout) == ("patches", "native first")
+    assert (old.target_pass, old.layout_denoise, old.stage_split) == ("tiles", 0.3, 0.6)
+    # Every setting is an optional input (layout comes first): any other one absent is its default.
+    assert config_from_inputs({"layout": "native first"}) == CutDiffusionConfig(layout="native first", target_pass="tiles",
+                                                                                layout_denoise=0.3)
 
 
 def test_preview_counts_the_layout_pass():

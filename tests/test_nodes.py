@@ -54,10 +54,11 @@ def test_pack_registers_its_nodes_with_tooltips():
             assert inp.tooltip, f"{name}.{inp.id} has no tooltip"
 
 
-PATCH_INPUTS = ["patch_size", "window_stride", "stage_split", "window_batch_size", "window_jitter",
-                "pixel_interaction", "stage2_mode", "window_weights", "min_stage1_steps", "global_guidance", "layout",
-                "layout_denoise", "layout_guidance", "target_pass"]
-# Every input in order: saved workflows store widget values by position, so names and order never change.
+PATCH_INPUTS = ["layout", "target_pass", "layout_denoise", "layout_guidance", "patch_size", "window_stride",
+                "stage_split", "window_batch_size", "window_jitter", "pixel_interaction", "stage2_mode",
+                "window_weights", "min_stage1_steps", "global_guidance"]
+# Every input in order: saved workflows store widget values by position, so names never change and an
+# order change needs the frontend to read earlier saves by name (test_browser: saved earlier).
 INPUT_ORDER = {
     "CutDiffusion": ["model", *PATCH_INPUTS],
     "CutDiffusionKSampler": ["model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
@@ -86,8 +87,8 @@ def test_patch_inputs_are_the_configs_settings():
 
 # The expert inputs, hidden by the frontend until "Show advanced inputs" where ComfyUI can mark them.
 ADVANCED = {
-    "CutDiffusion": set(PATCH_INPUTS) - {"stage_split", "layout"},
-    "CutDiffusionKSampler": set(PATCH_INPUTS) - {"stage_split", "layout"},
+    "CutDiffusion": set(PATCH_INPUTS) - {"layout", "target_pass", "layout_denoise"},
+    "CutDiffusionKSampler": set(PATCH_INPUTS) - {"layout", "target_pass", "layout_denoise"},
     "AdaptiveDiffusion": {"warmup_steps", "start_percent", "end_percent"},
 }
 
@@ -108,10 +109,11 @@ def test_expert_inputs_are_advanced_where_comfyui_supports_it():
         assert list(inputs) == order, name
         flagged = {k for k, v in inputs.items() if len(v) > 1 and (v[1] or {}).get("advanced")}
         assert flagged == (ADVANCED[name] if supported else set()), name
-    # The sampler keeps KSampler's widgets, stage_split and layout in view: seed (+ its control),
-    # steps, cfg, sampler, scheduler, denoise, stage_split, layout.
+    # The sampler keeps KSampler's widgets and the default's own inputs in view: seed (+ its control),
+    # steps, cfg, sampler, scheduler, denoise, then layout, target_pass, layout_denoise.
     basic = [w.name for w in uw.widget_specs("CutDiffusionKSampler") if w.name not in ADVANCED["CutDiffusionKSampler"]]
-    assert basic == ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise", "stage_split", "layout"]
+    assert basic == ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise", "layout", "target_pass",
+                     "layout_denoise"]
 
 
 def test_cutdiffusion_ksampler_runs_in_the_executor_with_progress():

@@ -33,13 +33,33 @@ const PLAN_WIDGETS = ["steps", "cfg", "sampler_name", "scheduler", "denoise", "p
   "layout_guidance", "target_pass"];
 // Inputs added after workflows were saved without them, and the value such a workflow ran with
 // (config.SETTINGS' when_absent): a saved workflow keeps what it ran instead of taking a new default.
-const WHEN_ABSENT = { layout: "patches", target_pass: "tiles" };
-// Nodes whose `layout` input came after workflows were saved without it: such a workflow ran
-// the paper's layout, so it keeps it instead of taking the new default.
+const WHEN_ABSENT = { layout: "patches", target_pass: "tiles", layout_denoise: 0.3, layout_guidance: 1.0 };
+// The settings' order before `layout` and its own inputs came first (saved by pack versions up to
+// 2026-12-02). Such widget values are re-read by name; they are told apart by the value where
+// `layout` now is: a layout option in today's order, patch_size (a number) in the earlier one.
+const SETTINGS_SAVED_BEFORE_LAYOUT_FIRST = ["patch_size", "window_stride", "stage_split", "window_batch_size",
+  "window_jitter", "pixel_interaction", "stage2_mode", "window_weights", "min_stage1_steps", "global_guidance",
+  "layout", "layout_denoise", "layout_guidance", "target_pass"];
+const LAYOUT_OPTIONS = ["native first", "patches"];
 const LAYOUT_NODES = [SAMPLER_NODE, "CutDiffusion"];
 // How far upstream of latent_image to look for a node with width/height widgets
 // (EmptyLatentImage: 1 hop; VAEEncode <- ImageScale: 2 hops).
 const MAX_HOPS = 4;
+
+// A node saved with the earlier settings order got its widget values by position; give each widget
+// its own saved value by name, and inputs the save predates what that workflow ran.
+function restoreEarlierOrder(node, values) {
+  const names = node.widgets?.map((w) => w.name) ?? [];
+  const layoutAt = names.indexOf("layout");
+  if (layoutAt < 0 || !Array.isArray(values) || LAYOUT_OPTIONS.includes(values[layoutAt])) return;
+  // The widgets before `layout` (a sampler's seed ... denoise) come first in both orders.
+  const savedNames = [...names.slice(0, layoutAt), ...SETTINGS_SAVED_BEFORE_LAYOUT_FIRST];
+  const saved = new Map(savedNames.slice(0, values.length).map((name, i) => [name, values[i]]));
+  for (const widget of node.widgets.slice(layoutAt)) {
+    if (saved.has(widget.name)) widget.value = saved.get(widget.name);
+    else if (widget.name in WHEN_ABSENT) widget.value = WHEN_ABSENT[widget.name];
+  }
+}
 
 function widgetValue(node, name) {
   return node.widgets?.find((w) => w.name === name)?.value;
@@ -280,12 +300,7 @@ app.registerExtension({
       const onConfigure = nodeType.prototype.onConfigure;
       nodeType.prototype.onConfigure = function (info, ...args) {
         const result = onConfigure?.apply(this, [info, ...args]);
-        for (const [name, value] of Object.entries(WHEN_ABSENT)) {
-          const index = this.widgets?.findIndex((w) => w.name === name) ?? -1;
-          if (index >= 0 && Array.isArray(info?.widgets_values) && info.widgets_values.length <= index) {
-            this.widgets[index].value = value;
-          }
-        }
+        restoreEarlierOrder(this, info?.widgets_values);
         return result;
       };
     }
