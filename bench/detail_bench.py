@@ -190,8 +190,9 @@ def sdxl_cost(method: Method, width: int, height: int) -> int:
     tail = max(1, round(method.reentry * SDXL_STEPS))
     if method.kind == "direct":
         return round(SDXL_STEPS * area)
-    if method.kind in ("hires", "hires+anchor"):
-        return SDXL_STEPS + round(tail * area)
+    if method.kind in ("hires", "hires+anchor"):   # a layout pass at the native area, then the whole frame
+        first = native_first(height // 8, width // 8, SDXL_NATIVE // 8, SDXL_STEPS, method.reentry)
+        return first.whole_frame_evaluations(height // 8, width // 8)
     if method.kind == "progressive":
         return SDXL_STEPS + sum(round(tail * w * h / SDXL_NATIVE ** 2) for w, h in _sdxl_progressive(width, height))
     cand = coherence_bench.Candidate(method.name, method.config, demofusion=method.kind == "demofusion")

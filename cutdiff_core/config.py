@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Sequence
 
 from .layout import LAYOUTS, TARGET_PASSES
-from .plan import LATENT_SCALE, STAGE2_MODES, Plan, make_plan, patch_grid
+from .plan import LATENT_SCALE, STAGE2_MODES, Plan, make_plan
 from .windows import WINDOW_WEIGHTS
 
 MAX_AUTO_WINDOW_BATCH = 16  # the reference's window batch
@@ -221,13 +221,9 @@ def window_stride_latent(config: CutDiffusionConfig, native_px: int, latent_px: 
 
 def plan_target_pass(config: CutDiffusionConfig, **plan_args) -> Plan:
     """The plan of native first's target pass: shifted tiles (overlapping windows average their
-    textures smooth) held to the layout by the patches' block means at `layout_guidance`, except on
-    a non-square patch grid, whose strided views see the subject squashed and stretch it back (the
-    coherence table's `gg 1` rows at 1:2 / 2:1 / 3:1)."""
-    grid = patch_grid(plan_args["height"], plan_args["width"], *(2 * [plan_args["native_px"] // plan_args.get(
-        "latent_px", LATENT_SCALE)]))
-    guidance = "layout" if config.layout_guidance > 0 and grid.rows == grid.cols else "none"
-    return _plan(config, mode="shifted", guidance=guidance, **plan_args)
+    textures smooth) held to the layout by the patches' block means at `layout_guidance` (on square
+    patch grids: plan.make_plan)."""
+    return _plan(config, mode="shifted", guidance="layout" if config.layout_guidance > 0 else "none", **plan_args)
 
 
 def plan_run(config: CutDiffusionConfig, **plan_args) -> Plan:

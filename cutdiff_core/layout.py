@@ -40,6 +40,12 @@ class NativeFirst:
         """Native-size evaluations the layout pass is worth per image and CFG half."""
         return self.steps * max(1, round(self.height * self.width / self.native_area))
 
+    def whole_frame_evaluations(self, height: int, width: int) -> int:
+        """Native-size evaluations per image and CFG half of the layout pass and a whole-frame target
+        pass on `height x width`: each of its steps counts the frame's area in native areas (a lower
+        bound: attention grows faster than the area)."""
+        return self.layout_evaluations + round((self.steps - self.refine_from) * height * width / self.native_area)
+
     def summary(self, latent_px: int) -> str:
         if self.is_whole_run:
             return (f"native first: {self.width * latent_px}x{self.height * latent_px} px is within the native area, "

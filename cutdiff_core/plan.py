@@ -98,7 +98,7 @@ STAGE2_MODES = ("overlap", "shifted")
 
 # What stage 2 takes from the stage-1 patches (beyond the paper). global: their whole prediction
 # mixed in (global_guidance, the paper's layout); layout: only what they agree on, their block means
-# (layout_guidance, native first's target pass); none: the paper's stage 2.
+# (layout_guidance, native first's target pass; square patch grids only); none: the paper's stage 2.
 GUIDANCE_KINDS = ("none", "global", "layout")
 GUIDANCE_WORDS = {"none": "", "global": " guided by the stage-1 patches",
                   "layout": " held to the layout by the stage-1 patches' block means"}
@@ -297,6 +297,10 @@ def make_plan(*, height: int, width: int, native: tuple[int, int], stride: tuple
     grid = patch_grid(height, width, native_h, native_w)
     t1 = stage1_steps(sigmas, split_sigma, stage_split, min_stage1_steps)
     guidance = guidance if grid.n > 1 else "none"   # one patch: the "global" view is the window itself
+    if guidance == "layout" and grid.rows != grid.cols:
+        # A non-square grid's strided views see the subject squashed and their block means stretch it
+        # back (the coherence table's `gg 1` rows at 1:2 / 2:1 / 3:1).
+        guidance = "none"
     padded = _uses_patch_grid(t1, guidance != "none", mode)
     work_h, work_w = (grid.padded_h, grid.padded_w) if padded else (height, width)
     layout = window_layout(work_h, work_w, native_h, native_w, *stride, jitter, mode, grid)

@@ -127,8 +127,8 @@ def preview_plan(params: dict) -> dict:
     grid, layout = plan.grid, plan.layout
     per_image = plan.model_evaluations(cfg_batches=1) + (first.layout_evaluations if first else 0)
     whole_frame = first is not None and not first.is_whole_run and config.target_pass == "whole frame"
-    if whole_frame:   # one model call per step on the whole image, counted as its area in native areas
-        per_image = first.layout_evaluations + round(plan.steps * height * width / (native * native))
+    if whole_frame:
+        per_image = first.whole_frame_evaluations(height, width)
     # ComfyUI skips the uncond half when cfg is exactly 1.
     cfg_halves = 1 if cfg == 1.0 else 2
     assumptions = ["stage split on the SD1.5/SDXL noise schedule"]

@@ -254,8 +254,8 @@ def test_the_run_names_every_changed_setting_it_did_not_use(model, conds):
     latent = rt.empty_latent(256, 256)
     _, whole = run_cut(model, latent, steps=3, conds=conds, patch_size=PATCH, layout="native first",
                        window_stride=64, layout_guidance=0.5, layout_denoise=0.4)
-    assert "ignored by this run (native first, whole frame): window_stride = 64, layout_guidance = 0.5" \
-        in whole.summary()
+    assert "ignored by this run (native first, whole frame): layout_guidance = 0.5, window_stride = 64" \
+        in whole.summary()   # in the node's input order
     _, tiles = run_cut(model, latent, steps=3, conds=conds, patch_size=PATCH, layout="native first",
                        target_pass="tiles", window_stride=64, global_guidance=0.5, layout_denoise=0.4)
     assert "ignored by this run (native first, tiles): window_stride = 64, global_guidance = 0.5" in tiles.summary()
