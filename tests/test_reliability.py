@@ -1,6 +1,7 @@
 """Defects found by independent tests against real graphs (issue 13), each pinned by a test
 that failed before its fix, and per-run state on ComfyUI's shallow model clones."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -213,12 +214,15 @@ def test_split_sigmas_segments_split_like_one_run(model, conds):
 # -- per-run state on shallow model clones ------------------------------------------------------------
 
 def _options_snapshot(model):
-    """model_options as plain values and object identities: what a run must leave as it found it."""
+    """model_options as plain values and object identities: what a run must leave as it found it.
+    Frozen dataclasses (the patches' settings, copied with every clone) compare by value."""
     def walk(value):
         if isinstance(value, dict):
             return {k: walk(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [walk(v) for v in value]
+        if dataclasses.is_dataclass(value) and type(value).__dataclass_params__.frozen:
+            return ("value", value)
         return ("object", id(value), type(value).__name__)
     return walk(model.model_options)
 
