@@ -24,7 +24,9 @@ def test_nodes_are_registered_from_custom_nodes(server):
     # The frontend finds node docs and the pack's identity through python_module.
     assert sampler["python_module"] == f"custom_nodes.{PACK}"
     assert sampler["display_name"] == "CutDiffusion KSampler"
-    assert "stage_split" in sampler["input"]["required"]
+    # The settings are optional inputs (so `layout` can come first after KSampler's required ones).
+    assert "denoise" in sampler["input"]["required"]
+    assert list(sampler["input"]["optional"])[:2] == ["layout", "target_pass"]
 
 
 def test_workflows_are_in_the_template_browser(server):
