@@ -212,12 +212,11 @@ def calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
 def apply_adaptive(model, config: AdaptiveConfig, report: AdaptiveReport | None = None, node_id: str | None = None):
     """Validate, then return a patched clone of `model` (the input is left untouched)."""
     validate_config(config)
+    settings = AdaptiveSettings(config, node_id, None if report is None else weakref.ref(report))
     patched = install(model, WRAPPER_KEY, {WRAPPERS.OUTER_SAMPLE: outer_sample,
                                            WRAPPERS.SAMPLER_SAMPLE: sampler_sample,
                                            WRAPPERS.PREDICT_NOISE: predict_noise,
-                                           WRAPPERS.CALC_COND_BATCH: calc_cond_batch})
-    patched.model_options.setdefault("transformer_options", {})[WRAPPER_KEY] = AdaptiveSettings(
-        config, node_id, None if report is None else weakref.ref(report))
+                                           WRAPPERS.CALC_COND_BATCH: calc_cond_batch}, settings)
     # First key = outermost wrapper. CutDiffusion must stay inside us (see the module
     # docstring), so its wrappers move behind ours. (Its own apply re-adds its key last,
     # so the order also holds the other way round.)

@@ -339,6 +339,7 @@ def calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
         predictions = anchor_to_layout(predictions, call.slots, run.layout_anchor, *run.anchor_size)
     return [p.unsqueeze(2) for p in predictions] if frames else predictions
 
+
 def _stages(run: RunState, call: "_ModelCall", x_in: torch.Tensor) -> list[torch.Tensor]:
     if run.in_stage1(run.eval_step):
         return call.stage1(x_in)
@@ -363,6 +364,7 @@ def _stages(run: RunState, call: "_ModelCall", x_in: torch.Tensor) -> list[torch
         else:
             predictions = guide_by_patches(predictions, call.stage1(x_in), weight)
     return predictions
+
 
 def windows_per_call(run: RunState, model, x_in, window: Window, cond_halves: int) -> int:
     """How many windows (or patches) of `window`'s shape go to the model in one call: the user's
@@ -444,12 +446,10 @@ def apply_cutdiffusion(model, config: CutDiffusionConfig, report: RunReport | No
     native_px = config.patch_size or native_size_px(model)
     validate_stride(config.window_stride, native_px)
     settings = PatchSettings(config, native_px, scale, report=None if report is None else weakref.ref(report))
-    patched = install(model, WRAPPER_KEY, {WRAPPERS.OUTER_SAMPLE: outer_sample,
-                                           WRAPPERS.SAMPLER_SAMPLE: sampler_sample,
-                                           WRAPPERS.PREDICT_NOISE: predict_noise,
-                                           WRAPPERS.CALC_COND_BATCH: calc_cond_batch})
-    patched.model_options.setdefault("transformer_options", {})[WRAPPER_KEY] = settings
-    return patched
+    return install(model, WRAPPER_KEY, {WRAPPERS.OUTER_SAMPLE: outer_sample,
+                                         WRAPPERS.SAMPLER_SAMPLE: sampler_sample,
+                                         WRAPPERS.PREDICT_NOISE: predict_noise,
+                                         WRAPPERS.CALC_COND_BATCH: calc_cond_batch}, settings)
 
 
 def sample(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,

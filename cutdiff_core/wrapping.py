@@ -11,13 +11,15 @@ import comfy.patcher_extension
 WRAPPERS = comfy.patcher_extension.WrappersMP
 
 
-def install(model, key: str, wrappers: dict) -> object:
+def install(model, key: str, wrappers: dict, settings) -> object:
     """A clone of `model` with `wrappers` ({wrapper kind: function}) under `key`, replacing any
-    earlier ones under that key (patching a patched model re-patches, it does not stack)."""
+    earlier ones under that key (patching a patched model re-patches, it does not stack), and
+    `settings` under `key` in its transformer_options, where the wrappers find them (run_of)."""
     patched = model.clone()
     for kind, fn in wrappers.items():
         patched.remove_wrappers_with_key(kind, key)
         patched.add_wrapper_with_key(kind, key, fn)
+    patched.model_options.setdefault("transformer_options", {})[key] = settings
     return patched
 
 
