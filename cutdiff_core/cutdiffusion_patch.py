@@ -124,10 +124,7 @@ class PatchedRun:
     two stages, or native first's layout pass and target pass."""
 
     def __init__(self, settings: PatchSettings):
-        self.config = settings.config
-        self.native_px = settings.native_px
-        self.latent_px = settings.latent_px
-        self.whole_schedule = settings.whole_schedule
+        self.settings = settings
         self.report = settings.run_report()
 
     def sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
@@ -138,7 +135,7 @@ class PatchedRun:
             return self._target_pass(executor, noise, latent_image, sampler, sigmas, denoise_mask, callback,
                                      disable_pbar, seed, kwargs)
         if first.is_whole_run:
-            self._report_plain(first.summary(self.latent_px), first)
+            self._report_plain(first.summary(self.settings.latent_px), first)
             return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
         total = len(sigmas) - 1
 
@@ -150,7 +147,7 @@ class PatchedRun:
         def target_pass(layout: torch.Tensor, refine_from: int) -> torch.Tensor:
             fresh = comfy.sample.prepare_noise(torch.zeros(layout.shape), int(seed or 0) + 1).to(noise)
             progress = _progress(callback, lambda j: refine_from + j, total)
-            if self.config.target_pass == "whole frame":
+            if self.settings.config.target_pass == "whole frame":
                 return self._whole_frame_pass(executor, first, fresh, layout.to(latent_image), sampler,
                                               sigmas[refine_from:], progress, disable_pbar, seed, kwargs)
             return self._target_pass(executor, fresh, layout.to(latent_image), sampler, sigmas[refine_from:], None,
@@ -161,15 +158,16 @@ class PatchedRun:
                           disable_pbar, seed, kwargs):
         """Native first's target pass on the whole frame: plain sampling of the schedule's tail on the
         upscaled layout, what a hires fix of ComfyUI's core nodes runs."""
-        height, width = noise.shape[-2:]
-        self._report_plain(f"{first.summary(self.latent_px)} on the whole frame ({width * self.latent_px}x"
-                           f"{height * self.latent_px} px per model call, like a hires fix)", first)
+        latent_px = self.settings.latent_px
+        size = f"{noise.shape[-1] * latent_px}x{noise.shape[-2] * latent_px} px"
+        self._report_plain(f"{first.summary(latent_px)} on the whole frame ({size} per model call, like a hires fix)",
+                           first)
         try:
             return executor(noise, latent_image, sampler, sigmas, None, callback, disable_pbar, seed, **kwargs)
         except torch.OutOfMemoryError as e:   # not OOM_EXCEPTION: without CUDA that is any Exception
-            raise RuntimeError(f"CutDiffusion: the whole-frame target pass at {width * self.latent_px}x"
-                               f"{height * self.latent_px} px ran out of memory; set target_pass to tiles (native-"
-                               "size tiles, the memory of a native-size image at any size)") from e
+            raise RuntimeError(f"CutDiffusion: the whole-frame target pass at {size} ran out of memory; set "
+                               "target_pass to tiles (native-size tiles, the memory of a native-size image at "
+                               "any size)") from e
 
     def _target_pass(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar,
                      seed, kwargs, first: NativeFirst | None = None):
@@ -183,7 +181,7 @@ class PatchedRun:
         plan = run.plan
         if plan.pad_h or plan.pad_w:
             noise, latent_image, denoise_mask = self._pad(run, noise, latent_image, denoise_mask)
-            pad_image_conds(guider.conds, height, width, (0, plan.pad_w, 0, plan.pad_h), self.latent_px)
+            pad_image_conds(guider.conds, height, width, (0, plan.pad_w, 0, plan.pad_h), self.settings.latent_px)
             if kwargs.get("latent_shapes") is not None and len(kwargs["latent_shapes"]) == 1:
                 kwargs = dict(kwargs, latent_shapes=[noise.shape])
         if first is not None:   # the layout in the space the model's predictions are in
@@ -197,13 +195,14 @@ class PatchedRun:
 
     def _native_first(self, guider, noise, sigmas, denoise_mask) -> NativeFirst | None:
         """The layout pass of this run, or None (the paper's layout, img2img, masks, schedule segments)."""
-        if self.config.layout != "native first" or denoise_mask is not None:
+        if self.settings.config.layout != "native first" or denoise_mask is not None:
             return None
         sigma_max = float(guider.model_patcher.get_model_object("model_sampling").sigma_max)
-        if not is_full_noise(sigmas, sigma_max, self.whole_schedule):
+        if not is_full_noise(sigmas, sigma_max, self.settings.whole_schedule):
             return None
-        native = self.native_px // self.latent_px
-        return native_first(noise.shape[-2], noise.shape[-1], native, len(sigmas) - 1, self.config.layout_denoise)
+        settings = self.settings
+        native = settings.native_px // settings.latent_px
+        return native_first(noise.shape[-2], noise.shape[-1], native, len(sigmas) - 1, settings.config.layout_denoise)
 
     def _layout_pass(self, executor, first: NativeFirst, noise, sampler, sigmas, callback, disable_pbar, seed,
                      kwargs) -> torch.Tensor:
@@ -223,8 +222,8 @@ class PatchedRun:
 
     def _report_plain(self, note: str, first: NativeFirst) -> None:
         notes = [note]
-        kind = "direct" if first.is_whole_run else run_kind(self.config, True)
-        ignored = ignored_settings(self.config, kind, None)
+        kind = "direct" if first.is_whole_run else run_kind(self.settings.config, True)
+        ignored = ignored_settings(self.settings.config, kind, None)
         if ignored:
             notes.append(f"ignored by this run ({'sampled directly' if kind == 'direct' else kind}): "
                          + ", ".join(ignored))
@@ -242,17 +241,17 @@ class PatchedRun:
         _check_other_patches(guider.model_options)
         model_sampling = guider.model_patcher.get_model_object("model_sampling")
         sigma_list = [float(s) for s in sigmas]
-        plan_args = dict(height=noise.shape[-2], width=noise.shape[-1], native_px=self.native_px,
-                         latent_px=self.latent_px, sigmas=sigma_list,
-                         split_sigma=float(model_sampling.percent_to_sigma(self.config.stage_split)))
-        cfg = self.config
+        plan_args = dict(height=noise.shape[-2], width=noise.shape[-1], native_px=self.settings.native_px,
+                         latent_px=self.settings.latent_px, sigmas=sigma_list,
+                         split_sigma=float(model_sampling.percent_to_sigma(self.settings.config.stage_split)))
+        cfg = self.settings.config
         plan = plan_run(cfg, **plan_args) if first is None else plan_target_pass(cfg, **plan_args)
         report = self.report
         report.plan, report.batch, report.notes = plan, noise.shape[0], []
         report.stage1_evaluations = report.stage2_evaluations = 0
         report.layout = first
         if first is not None:
-            report.notes.append(first.summary(self.latent_px))
+            report.notes.append(first.summary(self.settings.latent_px))
         kind = run_kind(cfg, first is not None)
         ignored = ignored_settings(cfg, kind, plan)
         if ignored:
@@ -272,7 +271,7 @@ class PatchedRun:
         log.info("CutDiffusion: %s", plan.summary())
         run = RunState(plan, int(seed or 0), report, sigma_list, guidance=guidance_strength(cfg, plan),
                        pixel_interaction=cfg.pixel_interaction, window_batch_size=cfg.window_batch_size)
-        stride = window_stride_latent(cfg, self.native_px, self.latent_px)
+        stride = window_stride_latent(cfg, self.settings.native_px, self.settings.latent_px)
         run.window_weights = make_weights(cfg.window_weights, plan.layout.win_h - stride, plan.layout.win_w - stride)
         return run
 
