@@ -126,6 +126,12 @@ SETTINGS: tuple[Setting, ...] = (
                     "has layout_guidance."),
 )
 
+# The settings' order in workflows saved before `layout` and its own inputs came first (pack versions up
+# to 2026-12-02): the web extension re-reads such widget values by name.
+ORDER_SAVED_BEFORE_LAYOUT_FIRST = ("patch_size", "window_stride", "stage_split", "window_batch_size", "window_jitter",
+                                   "pixel_interaction", "stage2_mode", "window_weights", "min_stage1_steps",
+                                   "global_guidance", "layout", "layout_denoise", "layout_guidance", "target_pass")
+
 
 # What a run at the target size ran: the paper's layout (also what native first runs for img2img,
 # masks and schedule segments), native first with its target pass in tiles or on the whole frame,

@@ -1,4 +1,5 @@
-"""GET /cutdiffusion/plan: the plan preview the web extension draws on the CutDiffusion KSampler node.
+"""GET /cutdiffusion/plan: the plan preview the web extension draws on the CutDiffusion KSampler node;
+GET /cutdiffusion/settings: what it needs to load workflows saved by earlier pack versions as they ran.
 
 The browser asks the server instead of re-implementing the geometry in JS, so
 the preview comes from the very functions a run uses (cutdiff_core.plan.make_plan,
@@ -18,8 +19,9 @@ import logging
 import comfy.model_sampling
 import comfy.samplers
 
-from ..cutdiff_core.config import (SETTINGS, CutDiffusionConfig, Setting, inactive_settings, plan_run, plan_target_pass,
-                                   run_kind, validate_config, validate_stride, window_stride_latent)
+from ..cutdiff_core.config import (ORDER_SAVED_BEFORE_LAYOUT_FIRST, SETTINGS, CutDiffusionConfig, Setting,
+                                   inactive_settings, plan_run, plan_target_pass, run_kind, validate_config,
+                                   validate_stride, window_stride_latent)
 from ..cutdiff_core.layout import is_full_noise, native_first
 from ..cutdiff_core.plan import EVALUATIONS_PER_STEP, LATENT_SCALE, window_layout
 from ..cutdiff_demo.model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
@@ -27,6 +29,7 @@ from ..cutdiff_demo.model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
 log = logging.getLogger("cutdiffusion")
 
 ROUTE = "/cutdiffusion/plan"
+SETTINGS_ROUTE = "/cutdiffusion/settings"
 ASSUMED_NATIVE_PX = 1024  # what patch_size 0 means for SDXL, the pack's main target
 MAX_SIDE_PX = 16384       # EmptyLatentImage's own maximum
 MAX_STEPS = 10000         # the node's steps maximum
@@ -179,8 +182,20 @@ def _drawn_windows(layout) -> list:
 
 
 
+def saved_workflow_settings() -> dict:
+    """What the web extension needs to load a workflow saved by an earlier pack version as it ran:
+    the value of each input such a save predates, and the settings' earlier order."""
+    return {"when_absent": {s.name: s.when_absent for s in SETTINGS if s.when_absent is not None},
+            "order_saved_before_layout_first": list(ORDER_SAVED_BEFORE_LAYOUT_FIRST),
+            "layouts": list(next(s.options for s in SETTINGS if s.name == "layout"))}
+
+
 def register(routes) -> None:
     from aiohttp import web
+
+    @routes.get(SETTINGS_ROUTE)
+    async def settings_route(request):
+        return web.json_response(saved_workflow_settings())
 
     @routes.get(ROUTE)
     async def plan_route(request):

@@ -144,7 +144,10 @@ def _shown_plan(driver, expected_query_part: str) -> dict:
                  dom_widget: node.widgets.some(w => w.name === 'cutdiffusion_plan' && w.element === state.element),
                  visible: state.element.isConnected && box.height > 100 && box.width > 100
                           && state.element.contains(hit),
-                 in_vue_node: !!vueNode && vueNode.contains(state.element)}};""")
+                 in_vue_node: !!vueNode && vueNode.contains(state.element),
+                 height: box.height / app.canvas.ds.scale,
+                 // What Nodes 2.0 draws of the node below the preview (its border and padding).
+                 below: vueNode ? (vueNode.getBoundingClientRect().bottom - box.bottom) / app.canvas.ds.scale : null}};""")
 
 
 def _set_widget(driver, node_js: str, name: str, value) -> None:
@@ -298,6 +301,8 @@ def test_plan_preview_in_both_renderers(page, vue_nodes, capsys):
                                  expected["windows"])
         assert shown["dom_widget"] and shown["visible"], shown
         assert shown["in_vue_node"] == vue_nodes, shown
+        if vue_nodes:   # saved on the classic canvas, every input shown (932 px): no empty node under the preview
+            assert abs(shown["height"] - 300) <= 2 and shown["below"] < 80, shown   # 60 px: badge, "advanced" button
         assert shown["steps"] == f"{size[0]}×{size[1]} px · steps: {t1} + {t2}"
         assert shown["evals"].startswith(
             f"{expected['evaluations_per_image']} model evaluations per image "
@@ -334,6 +339,39 @@ def test_plan_preview_in_both_renderers(page, vue_nodes, capsys):
                         f"{'hidden' if reference_hidden else 'shown (this renderer shows every advanced input, ComfyUI’s own too)'}")
     finally:
         _set_vue_nodes(page, False)
+
+
+def _set_setting(driver, setting: str, value) -> None:
+    error = driver.execute_async_script("""
+        const [id, value, done] = arguments;
+        Promise.resolve(app.extensionManager.setting.set(id, value)).then(() => done(null), e => done(String(e)));""",
+        setting, value)
+    assert error is None, error
+
+
+def test_side_panel_lists_the_inputs_not_the_previews(page, capsys):
+    """The side panel (frontend 1.49+) lists a selected node's inputs; the plan preview is no input:
+    no row of its own there, and the preview on the node keeps its width after the panel was open."""
+    version = _frontend_version(page)
+    if not page.execute_script("return app.extensionManager.setting.get('Comfy.RightSidePanel.IsOpen') !== undefined"):
+        pytest.skip(f"frontend {version} has no side panel")
+    _load_template(page, "cutdiffusion_sdxl_2048")
+    _show_sampler(page)
+    width = page.execute_script(f"return {SAMPLER_JS}.cutdiffusion.element.getBoundingClientRect().width")
+    page.execute_script(f"app.canvas.selectNode({SAMPLER_JS});")
+    _set_setting(page, "Comfy.RightSidePanel.IsOpen", True)
+    try:
+        listed = _wait(page, "document.querySelector('[data-testid=properties-panel]')?.textContent.includes('layout_denoise')"
+                             " && document.querySelector('[data-testid=properties-panel]').textContent",
+                       PAGE_TIMEOUT_S, "the side panel listing the sampler's inputs")
+        page.save_screenshot(str(SHOTS / "side_panel.png"))
+    finally:
+        _set_setting(page, "Comfy.RightSidePanel.IsOpen", False)
+    assert "target_pass" in listed and "cutdiffusion_plan" not in listed, listed
+    time.sleep(0.5)
+    after = page.execute_script(f"return {SAMPLER_JS}.cutdiffusion.element.getBoundingClientRect().width")
+    assert abs(after - width) <= 2, (width, after)
+    _report(capsys, f"frontend {version}: side panel lists the inputs, no preview row; preview {after:.0f} px wide")
 
 
 def _frontend_hides_advanced(driver) -> bool:

@@ -7,7 +7,7 @@ import pytest
 from cutdiff_dev import comfy_runtime as rt
 from cutdiff_dev import ui_workflow as uw
 
-from comfyui_cutdiffusion.nodes.plan_route import PlanRequestError, preview_plan
+from comfyui_cutdiffusion.nodes.plan_route import PlanRequestError, preview_plan, saved_workflow_settings
 
 DOCS = rt.REPO_ROOT / "web" / "docs"
 PATCH_PX = 64  # the smallest patch the node accepts: tiny latents keep the real runs fast
@@ -70,6 +70,21 @@ def test_preview_greys_the_inputs_the_layout_does_not_use():
     assert set(direct["inactive"]) == set(direct["settings"]) - {"layout", "patch_size"}
 
 
+def test_saved_workflows_are_read_with_what_their_prompts_run():
+    """The web extension loads saves of earlier versions with these values; a saved API prompt gets the
+    same ones from config_from_inputs, so a workflow and its prompt run the same settings."""
+    from comfyui_cutdiffusion.cutdiff_core.config import SETTINGS, config_from_inputs
+
+    served = saved_workflow_settings()
+    assert served["layouts"] == ["native first", "patches"]
+    earlier = served["order_saved_before_layout_first"]
+    assert len(set(earlier)) == len(earlier) and set(earlier) <= {s.name for s in SETTINGS}
+    old_prompt = config_from_inputs({name: getattr(config_from_inputs({}), name) for name in earlier
+                                     if name not in served["when_absent"]})
+    assert {name: getattr(old_prompt, name) for name in served["when_absent"]} == served["when_absent"]
+    assert served["when_absent"]["layout"] == "patches"   # what every workflow saved before native first ran
+
+
 def test_preview_equals_the_plan_a_run_reports():
     """The preview and a real CutDiffusion KSampler run (tiny SDXL, its own discrete schedule)
     describe the same plan, word for word. One run (CPU time) that exercises the tricky parts:
@@ -109,3 +124,10 @@ def test_every_node_has_a_help_page_covering_its_inputs():
         documented = set(re.findall(r"`([a-z_0-9]+)`", text))
         inputs = {name for section in ("required", "optional") for name in cls.INPUT_TYPES().get(section, {})}
         assert inputs - documented == set(), f"{node_id}: inputs missing from {page.name}"
+
+
+def test_readme_parameter_table_has_a_row_per_setting_in_node_order():
+    from comfyui_cutdiffusion.cutdiff_core.config import SETTINGS
+    readme = (rt.REPO_ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z_0-9]+)` \|", readme, flags=re.MULTILINE)
+    assert [name for name in rows if name in {s.name for s in SETTINGS}] == [s.name for s in SETTINGS]

@@ -12,7 +12,7 @@
 
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
-import { PLAN_STYLE, renderPlan } from "./plan_view.js";
+import { PLAN_HEIGHT_PX, PLAN_STYLE, renderPlan } from "./plan_view.js";
 
 const SAMPLER_NODE = "CutDiffusionKSampler";
 const ADAPTIVE_NODE = "AdaptiveDiffusion";
@@ -20,7 +20,6 @@ const ADAPTIVE_EVENT = "cutdiffusion.adaptive";
 const PLAN_ROUTE = "/cutdiffusion/plan";
 const WIDGET_NAME = "cutdiffusion_plan";
 const ADAPTIVE_WIDGET_NAME = "cutdiffusion_adaptive_report";
-const PLAN_HEIGHT = 300;
 // The canvas gives a DOM widget its height less twice its margin (default 10 px).
 const ADAPTIVE_HEIGHT = 24;
 const ADAPTIVE_MARGIN = 4;
@@ -31,33 +30,41 @@ const POLL_MS = 400;
 const PLAN_WIDGETS = ["steps", "cfg", "sampler_name", "scheduler", "denoise", "patch_size", "window_stride",
   "stage_split", "window_jitter", "stage2_mode", "min_stage1_steps", "global_guidance", "layout", "layout_denoise",
   "layout_guidance", "target_pass"];
-// Inputs added after workflows were saved without them, and the value such a workflow ran with
-// (config.SETTINGS' when_absent): a saved workflow keeps what it ran instead of taking a new default.
-const WHEN_ABSENT = { layout: "patches", target_pass: "tiles", layout_denoise: 0.3, layout_guidance: 1.0 };
-// The settings' order before `layout` and its own inputs came first (saved by pack versions up to
-// 2026-12-02). Such widget values are re-read by name; they are told apart by the value where
-// `layout` now is: a layout option in today's order, patch_size (a number) in the earlier one.
-const SETTINGS_SAVED_BEFORE_LAYOUT_FIRST = ["patch_size", "window_stride", "stage_split", "window_batch_size",
-  "window_jitter", "pixel_interaction", "stage2_mode", "window_weights", "min_stage1_steps", "global_guidance",
-  "layout", "layout_denoise", "layout_guidance", "target_pass"];
-const LAYOUT_OPTIONS = ["native first", "patches"];
+// What loading a workflow saved by an earlier pack version needs (config.SETTINGS' when_absent, the
+// settings' earlier order), from the server: {when_absent, order_saved_before_layout_first, layouts}.
+const SETTINGS_ROUTE = "/cutdiffusion/settings";
+let savedSettings = null;
 const LAYOUT_NODES = [SAMPLER_NODE, "CutDiffusion"];
 // How far upstream of latent_image to look for a node with width/height widgets
 // (EmptyLatentImage: 1 hop; VAEEncode <- ImageScale: 2 hops).
 const MAX_HOPS = 4;
 
+async function loadSavedSettings() {
+  try {
+    const response = await api.fetchApi(SETTINGS_ROUTE);
+    if (response.ok) return await response.json();
+    console.warn(`CutDiffusion: ${SETTINGS_ROUTE} answered ${response.status}; workflows saved by earlier versions load by position`);
+  } catch (e) {
+    console.warn(`CutDiffusion: ${SETTINGS_ROUTE} unavailable (${e}); workflows saved by earlier versions load by position`);
+  }
+  return null;
+}
+
 // A node saved with the earlier settings order got its widget values by position; give each widget
-// its own saved value by name, and inputs the save predates what that workflow ran.
-function restoreEarlierOrder(node, values) {
+// its own saved value by name, and inputs the save predates what that workflow ran. The two orders
+// are told apart by the value where `layout` now is: a layout option in today's order, patch_size
+// (a number) in the earlier one.
+function restoreEarlierOrder(node, values, settings) {
+  if (!settings) return;
   const names = node.widgets?.map((w) => w.name) ?? [];
   const layoutAt = names.indexOf("layout");
-  if (layoutAt < 0 || !Array.isArray(values) || LAYOUT_OPTIONS.includes(values[layoutAt])) return;
+  if (layoutAt < 0 || !Array.isArray(values) || settings.layouts.includes(values[layoutAt])) return;
   // The widgets before `layout` (a sampler's seed ... denoise) come first in both orders.
-  const savedNames = [...names.slice(0, layoutAt), ...SETTINGS_SAVED_BEFORE_LAYOUT_FIRST];
+  const savedNames = [...names.slice(0, layoutAt), ...settings.order_saved_before_layout_first];
   const saved = new Map(savedNames.slice(0, values.length).map((name, i) => [name, values[i]]));
   for (const widget of node.widgets.slice(layoutAt)) {
     if (saved.has(widget.name)) widget.value = saved.get(widget.name);
-    else if (widget.name in WHEN_ABSENT) widget.value = WHEN_ABSENT[widget.name];
+    else if (widget.name in settings.when_absent) widget.value = settings.when_absent[widget.name];
   }
 }
 
@@ -173,8 +180,9 @@ function addPlanWidget(node) {
   const widget = node.addDOMWidget(WIDGET_NAME, "cutdiffusion_plan", element, {
     serialize: false, // display only: never part of the workflow or the prompt
     hideOnZoom: false,
-    getMinHeight: () => PLAN_HEIGHT,
-    getMaxHeight: () => PLAN_HEIGHT,
+    hideInPanel: true, // the side panel (frontend 1.49+) lists inputs; a preview there is an empty row
+    getMinHeight: () => PLAN_HEIGHT_PX,
+    getMaxHeight: () => PLAN_HEIGHT_PX,
   });
   widget.serialize = false;
   // query: the settings last asked for; shownQuery: the settings of what is shown.
@@ -232,12 +240,22 @@ function addAdaptiveWidget(node) {
   const widget = node.addDOMWidget(ADAPTIVE_WIDGET_NAME, "cutdiffusion_adaptive_report", element, {
     serialize: false,
     hideOnZoom: false,
+    hideInPanel: true,
     margin: ADAPTIVE_MARGIN,
     getMinHeight: () => ADAPTIVE_HEIGHT,
     getMaxHeight: () => ADAPTIVE_HEIGHT,
   });
   widget.serialize = false;
   node.cutdiffusionAdaptiveElement = element;
+}
+
+// Nodes 2.0 takes a node's saved height as its minimum and gives what its widgets leave over to the
+// preview: a workflow saved on the classic canvas (every input shown: 900 px) would leave hundreds of
+// px empty. A Vue node never gets shorter than its content, so a smaller height fits it to what it
+// shows (advanced inputs folded or not); the classic canvas grows a node back to its widgets.
+function fitNodesTwoPointZero(node) {
+  if (!window.LiteGraph?.vueNodesMode) return;
+  node.setSize([node.size[0], PLAN_HEIGHT_PX]);
 }
 
 // Node ids are numbers in older frontends and strings on the canvas since
@@ -295,12 +313,18 @@ app.registerExtension({
     api.addEventListener(ADAPTIVE_EVENT, onAdaptiveEvent);
     setInterval(pollSamplers, POLL_MS);
   },
+  // After ComfyUI has grown each loaded node to its classic widget size.
+  loadedGraphNode(node) {
+    if (node.comfyClass === SAMPLER_NODE) fitNodesTwoPointZero(node);
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (LAYOUT_NODES.includes(nodeData.name)) {
+      // Awaited here: node definitions are registered before any workflow is loaded.
+      savedSettings ??= await loadSavedSettings();
       const onConfigure = nodeType.prototype.onConfigure;
       nodeType.prototype.onConfigure = function (info, ...args) {
         const result = onConfigure?.apply(this, [info, ...args]);
-        restoreEarlierOrder(this, info?.widgets_values);
+        restoreEarlierOrder(this, info?.widgets_values, savedSettings);
         return result;
       };
     }

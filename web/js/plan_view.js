@@ -141,6 +141,8 @@ export function renderPlan(root, state) {
   if (state.adaptive) root.appendChild(line("cutdiff-adaptive", state.adaptive));
 }
 
+export const PLAN_HEIGHT_PX = 300;
+
 export const PLAN_STYLE = `
 .cutdiff-plan { font: 11px sans-serif; color: var(--input-text, #ddd); overflow: hidden; padding: 2px 4px; }
 .cutdiff-diagrams { display: flex; gap: 6px; height: 140px; }
@@ -154,4 +156,8 @@ export const PLAN_STYLE = `
 .cutdiff-adaptive-report { font: 11px sans-serif; color: var(--input-text, #ddd); opacity: 0.6; padding: 2px 4px;
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .cutdiff-adaptive-report.cutdiff-reported { color: #8fd18f; opacity: 1; }
+/* Nodes 2.0 (Vue nodes, root class lg-node) stretches a DOM widget to fill spare node height:
+   keep the previews at their own height there (the classic canvas sizes them itself). */
+.lg-node .cutdiff-plan { flex: 0 0 auto; height: ${PLAN_HEIGHT_PX}px; }
+.lg-node .cutdiff-adaptive-report { flex: 0 0 auto; }
 `;
