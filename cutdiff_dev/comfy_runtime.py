@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import shutil
@@ -409,6 +410,24 @@ class _RecordingHandler(logging.Handler):
 
     def emit(self, record):
         self.records.append(record)
+
+
+@contextlib.contextmanager
+def start_up_log(path: Path, append: bool = False):
+    """Send ComfyUI's log to `path` instead of the console while it starts (e.g. the audio nodes'
+    import tracebacks where torchaudio is not installed); yields the records at WARNING and above."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+    capture = _RecordingHandler(logging.WARNING)
+    root.handlers = [to_file, capture]
+    try:
+        yield capture.records
+    finally:
+        root.handlers = saved
+        to_file.close()
 
 
 def _install_progress_hook() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +23,9 @@ OUT = REPO / "out" / "demo"
 os.environ.setdefault("CUTDIFF_BASE_DIR", str(OUT))   # keep the executor's outputs
 from cutdiff_dev import comfy_runtime as rt  # noqa: E402  (starts ComfyUI on the CPU before anything imports comfy)
 
-rt.bootstrap()
+START_LOG = OUT / "comfyui_start.log"
+with rt.start_up_log(START_LOG) as _start_records:
+    rt.bootstrap()
 from PIL import Image, ImageDraw  # noqa: E402
 
 from cutdiff_dev import ui_workflow  # noqa: E402
@@ -82,9 +85,21 @@ def comparison(images: dict, scale: int = 2) -> Image.Image:
     return sheet
 
 
+def report_start(records) -> None:
+    """One line for what ComfyUI said while starting; the whole of it is in START_LOG."""
+    failed = sorted({m.group(1) for r in records for m in [re.search(r"IMPORT FAILED: (\S+)", r.getMessage())] if m})
+    audio = any("torchaudio" in r.getMessage() for r in records)
+    note = f"; not loaded: {', '.join(failed)}" if failed else ""
+    if audio:
+        note += " (audio nodes: torchaudio is not installed, and nothing here uses it)"
+    print(f"[demo] ComfyUI started{note}; its start-up log: {START_LOG}", flush=True)
+
+
 def main() -> None:
     start = time.perf_counter()
-    status = rt.init_nodes()
+    with rt.start_up_log(START_LOG, append=True) as records:
+        status = rt.init_nodes()
+    report_start(_start_records + records)
     if not status["loaded"]:
         raise SystemExit(f"the pack did not load into ComfyUI:\n{status['error']}")
     images = {}
