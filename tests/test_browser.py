@@ -303,6 +303,12 @@ def test_plan_preview_in_both_renderers(page, vue_nodes, capsys):
         assert shown["in_vue_node"] == vue_nodes, shown
         if vue_nodes:   # saved on the classic canvas, every input shown (932 px): no empty node under the preview
             assert abs(shown["height"] - 300) <= 2 and shown["below"] < 80, shown   # 60 px: badge, "advanced" button
+            # Nodes 2.0 switched on with the workflow open (the classic canvas has grown the node back).
+            assert _set_vue_nodes(page, False) and _set_vue_nodes(page, True)
+            time.sleep(1)   # a few polls
+            _bring_plan_into_view(page)
+            again = _shown_plan(page, "stage_split=0.6")
+            assert abs(again["height"] - 300) <= 2 and again["below"] < 80, again
         assert shown["steps"] == f"{size[0]}×{size[1]} px · steps: {t1} + {t2}"
         assert shown["evals"].startswith(
             f"{expected['evaluations_per_image']} model evaluations per image "

@@ -168,9 +168,15 @@ async function refresh(node) {
 const samplers = new Set();
 
 function pollSamplers() {
+  const vueNodesOn = !!window.LiteGraph?.vueNodesMode;
   for (const node of samplers) {
-    if (node.graph?.getNodeById(node.id) === node) refresh(node);
-    else samplers.delete(node);   // removed, or its workflow closed (undo and reload make new nodes)
+    if (node.graph?.getNodeById(node.id) !== node) {
+      samplers.delete(node);   // removed, or its workflow closed (undo and reload make new nodes)
+      continue;
+    }
+    if (!vueNodesOn) node.cutdiffusion.fitChecks = 0;
+    else if (node.cutdiffusion.fitChecks < MAX_FIT_CHECKS) fitOnceDrawn(node);
+    refresh(node);
   }
 }
 
@@ -187,7 +193,7 @@ function addPlanWidget(node) {
   widget.serialize = false;
   // query: the settings last asked for; shownQuery: the settings of what is shown.
   node.cutdiffusion = { element, widget, query: null, shownQuery: null, plan: null, error: null, message: null,
-    lastRun: null, adaptive: null };
+    lastRun: null, adaptive: null, fitChecks: 0 };
 
   for (const w of node.widgets ?? []) {
     if (!PLAN_WIDGETS.includes(w.name)) continue;
@@ -247,6 +253,24 @@ function addAdaptiveWidget(node) {
   });
   widget.serialize = false;
   node.cutdiffusionAdaptiveElement = element;
+}
+
+// Empty node under the preview (Nodes 2.0, canvas px) above which it is fitted: its own footer (the
+// pack's badge and "Show advanced inputs") takes 60 px.
+const MAX_SLACK_PX = 100;
+// Polls after Nodes 2.0 draws a node in which it is fitted; later resizes are the user's.
+const MAX_FIT_CHECKS = 10;
+
+// Switching Nodes 2.0 on with a workflow open loads nothing, and the Vue node measures its first
+// (saved, too large) height a moment after it is drawn: fit it until that settles.
+function fitOnceDrawn(node) {
+  const state = node.cutdiffusion;
+  const vueNode = state.element.closest(".lg-node");
+  if (!vueNode) return;
+  state.fitChecks++;
+  const slack = (vueNode.getBoundingClientRect().bottom - state.element.getBoundingClientRect().bottom) /
+    (app.canvas?.ds?.scale || 1);
+  if (slack > MAX_SLACK_PX) fitNodesTwoPointZero(node);
 }
 
 // Nodes 2.0 takes a node's saved height as its minimum and gives what its widgets leave over to the
