@@ -436,7 +436,7 @@ def choose(cells: dict, set_name: str = "selection") -> tuple[str | None, list[s
 
 
 SUMMARY_METHODS = [DEFAULT_IS, "hires fix 0.3 (core nodes)", PREVIOUS_DEFAULT, "direct inference",
-                   "CutDiffusion (paper)", "MultiDiffusion", "DemoFusion"]
+                   "CutDiffusion (paper)", "CutDiffusion + global_guidance 1", "MultiDiffusion", "DemoFusion"]
 
 
 def summary_table(cells: dict, set_name: str = "held-out") -> list[str]:
@@ -481,7 +481,10 @@ def cell_row(name: str, cell: dict, floor: dict, reference: dict) -> str:
 
 def render(cells: dict, args) -> str:
     md = next(m for m in METHODS if m.name == "MultiDiffusion")
-    lines = [f"`bench/detail_bench.py` on {machine_description()}.", "",
+    lines = ["`bench/detail_bench.py`: the cells of several runs (`bench/results/detail_cells*.json`), all on the "
+             "machine below; the selection run with 2 torch threads, the held-out runs with 1 or 2, some several "
+             "at once or beside tests, so the time column is not comparable between rows. Section rendered on "
+             f"{machine_description()}.", "",
              "The detail proxy (`cutdiff_demo.detail`: the demo UNet retrained on images whose stripes and edges its "
              "non-linear decoder draws from the latent at the latent's own scale), never a real checkpoint. "
              f"{args.steps} {args.sampler}/{args.scheduler} steps, cfg {args.cfg}. Relative columns are per prompt "
