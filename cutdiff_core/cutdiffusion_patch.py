@@ -195,12 +195,12 @@ class PatchedRun:
 
     def _native_first(self, guider, noise, sigmas, denoise_mask) -> NativeFirst | None:
         """The layout pass of this run, or None (the paper's layout, img2img, masks, schedule segments)."""
-        if self.settings.config.layout != "native first" or denoise_mask is not None:
+        settings = self.settings
+        if settings.config.layout != "native first" or denoise_mask is not None:
             return None
         sigma_max = float(guider.model_patcher.get_model_object("model_sampling").sigma_max)
-        if not is_full_noise(sigmas, sigma_max, self.settings.whole_schedule):
+        if not is_full_noise(sigmas, sigma_max, settings.whole_schedule):
             return None
-        settings = self.settings
         native = settings.native_px // settings.latent_px
         return native_first(noise.shape[-2], noise.shape[-1], native, len(sigmas) - 1, settings.config.layout_denoise)
 

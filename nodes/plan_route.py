@@ -22,7 +22,7 @@ import comfy.samplers
 from ..cutdiff_core.config import (ORDER_SAVED_BEFORE_LAYOUT_FIRST, SETTINGS, CutDiffusionConfig, Setting,
                                    inactive_settings, plan_run, plan_target_pass, run_kind, validate_config,
                                    validate_stride, window_stride_latent)
-from ..cutdiff_core.layout import is_full_noise, native_first
+from ..cutdiff_core.layout import LAYOUTS, is_full_noise, native_first
 from ..cutdiff_core.plan import EVALUATIONS_PER_STEP, LATENT_SCALE, window_layout
 from ..cutdiff_demo.model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
 
@@ -181,13 +181,12 @@ def _drawn_windows(layout) -> list:
     return layout.windows()[:MAX_DRAWN_WINDOWS]
 
 
-
 def saved_workflow_settings() -> dict:
     """What the web extension needs to load a workflow saved by an earlier pack version as it ran:
     the value of each input such a save predates, and the settings' earlier order."""
     return {"when_absent": {s.name: s.when_absent for s in SETTINGS if s.when_absent is not None},
             "order_saved_before_layout_first": list(ORDER_SAVED_BEFORE_LAYOUT_FIRST),
-            "layouts": list(next(s.options for s in SETTINGS if s.name == "layout"))}
+            "layouts": list(LAYOUTS)}
 
 
 def register(routes) -> None:

@@ -79,7 +79,8 @@ def test_saved_workflows_are_read_with_what_their_prompts_run():
     assert served["layouts"] == ["native first", "patches"]
     earlier = served["order_saved_before_layout_first"]
     assert len(set(earlier)) == len(earlier) and set(earlier) <= {s.name for s in SETTINGS}
-    old_prompt = config_from_inputs({name: getattr(config_from_inputs({}), name) for name in earlier
+    defaults = config_from_inputs({})
+    old_prompt = config_from_inputs({name: getattr(defaults, name) for name in earlier
                                      if name not in served["when_absent"]})
     assert {name: getattr(old_prompt, name) for name in served["when_absent"]} == served["when_absent"]
     assert served["when_absent"]["layout"] == "patches"   # what every workflow saved before native first ran
