@@ -79,8 +79,11 @@ def prompt_sets() -> dict[str, list[str]]:
 class Method:
     """One way to make a target-size image. kind: "direct", "pack" (the CutDiffusion patch with `config`),
     "demofusion", "hires" (core nodes: native-area KSampler, LatentUpscale bicubic, KSamplerAdvanced on the
-    schedule's last `reentry` at the target size, whole frame, fresh noise), "progressive" (the same, x2 area
-    per pass), "hires+anchor" (hires with the pack's layout anchor on the whole frame)."""
+    schedule's last `reentry` at the target size, whole frame, fresh noise), "hires-pixel" (the same upscaling
+    in pixel space: VAEDecode, ImageScale bicubic, VAEEncode through detail.encode), "hires-pixel-ideal" (as
+    hires-pixel with a perfect encoder: it also recovers the magnified stripes, the upscaled layout's wave;
+    not buildable from nodes: an upper bound), "progressive" (hires, x2 area per pass), "hires+anchor" (hires
+    with the pack's layout anchor on the whole frame). `baseline`: a baseline or reference, not a candidate."""
     name: str
     kind: str
     config: CutDiffusionConfig | None = None
@@ -107,6 +110,10 @@ METHODS = [
     Method("hires fix 0.25", "hires", reentry=0.25),
     Method("hires fix 0.4", "hires", reentry=0.4),
     Method("hires fix 0.5", "hires", reentry=0.5),
+    Method("hires fix 0.3, pixel upscale (core nodes)", "hires-pixel", reentry=0.3, baseline=True),
+    Method("hires fix 0.5, pixel upscale", "hires-pixel", reentry=0.5),
+    # A reference, not a candidate: no VAE node can read the layout's latent as it does.
+    Method("hires fix 0.5, pixel upscale, ideal encoder", "hires-pixel-ideal", reentry=0.5, baseline=True),
     Method("hires fix 0.3, progressive x2 area", "progressive", reentry=0.3),
     Method("hires fix 0.3, progressive x2 area, re-entry 0.4", "progressive", reentry=0.4),
     Method("whole frame 0.3 + layout anchor", "hires+anchor", reentry=0.3),
@@ -139,8 +146,22 @@ def layout_pass(demo, prompt, width, height, seed, batch, args) -> torch.Tensor:
 def hires_pass(model, demo, prompt, latent, width, height, seed, args, reentry) -> torch.Tensor:
     """LatentUpscale (bicubic) to the size, then KSamplerAdvanced on the schedule's last `reentry`."""
     upscaled = comfy.utils.common_upscale(latent, width // 8, height // 8, "bicubic", "disabled")
+    return _tail(model, demo, prompt, upscaled, seed, args, reentry)
+
+
+def pixel_hires_pass(demo, prompt, latent, width, height, seed, args, reentry, ideal=False) -> torch.Tensor:
+    """VAEDecode, ImageScale (bicubic) to the size, VAEEncode, then KSamplerAdvanced on the last `reentry`;
+    `ideal`: the encoder also recovers the magnified stripes (the wave of the layout upscaled)."""
+    image = demo.decoder(latent).movedim(-1, 1)
+    upscaled = comfy.utils.common_upscale(image, width, height, "bicubic", "disabled").movedim(1, -1)
+    magnified = comfy.utils.common_upscale(latent, width // 8, height // 8, "bicubic", "disabled")
+    encoded = detail.encode(upscaled.clamp(0, 1), detail.pattern_feature(magnified) if ideal else None)
+    return _tail(demo.model, demo, prompt, encoded, seed, args, reentry)
+
+
+def _tail(model, demo, prompt, latent, seed, args, reentry) -> torch.Tensor:
     start = args.steps - max(1, round(reentry * args.steps))
-    return _ksampler(model, demo, prompt, upscaled, seed, args, start_step=start)
+    return _ksampler(model, demo, prompt, latent, seed, args, start_step=start)
 
 
 def progressive_sizes(width: int, height: int) -> list[tuple[int, int]]:
@@ -168,6 +189,9 @@ def sample(demo, method: Method, prompt, width, height, seed, batch, args):
     layout = layout_pass(demo, prompt, width, height, seed, batch, args)
     if method.kind == "hires":
         return hires_pass(demo.model, demo, prompt, layout, width, height, seed + 1, args, method.reentry), None
+    if method.kind in ("hires-pixel", "hires-pixel-ideal"):
+        ideal = method.kind == "hires-pixel-ideal"
+        return pixel_hires_pass(demo, prompt, layout, width, height, seed + 1, args, method.reentry, ideal), None
     if method.kind == "hires+anchor":
         model = coherence_bench.anchored(demo.model, layout)
         return hires_pass(model, demo, prompt, layout, width, height, seed + 1, args, method.reentry), None
@@ -190,7 +214,8 @@ def sdxl_cost(method: Method, width: int, height: int) -> int:
     tail = max(1, round(method.reentry * SDXL_STEPS))
     if method.kind == "direct":
         return round(SDXL_STEPS * area)
-    if method.kind in ("hires", "hires+anchor"):   # a layout pass at the native area, then the whole frame
+    if method.kind in ("hires", "hires-pixel", "hires-pixel-ideal", "hires+anchor"):
+        # a layout pass at the native area, then the whole frame
         first = native_first(height // 8, width // 8, SDXL_NATIVE // 8, SDXL_STEPS, method.reentry)
         return first.whole_frame_evaluations(height // 8, width // 8)
     if method.kind == "progressive":
@@ -435,8 +460,9 @@ def choose(cells: dict, set_name: str = "selection") -> tuple[str | None, list[s
     return min(close, key=lambda s: s[2])[3], notes
 
 
-SUMMARY_METHODS = [DEFAULT_IS, "hires fix 0.3 (core nodes)", PREVIOUS_DEFAULT, "direct inference",
-                   "CutDiffusion (paper)", "CutDiffusion + global_guidance 1", "MultiDiffusion", "DemoFusion"]
+SUMMARY_METHODS = [DEFAULT_IS, "hires fix 0.3 (core nodes)", "hires fix 0.3, pixel upscale (core nodes)",
+                   PREVIOUS_DEFAULT, "direct inference", "CutDiffusion (paper)", "CutDiffusion + global_guidance 1",
+                   "MultiDiffusion", "DemoFusion"]
 
 
 def summary_table(cells: dict, set_name: str = "held-out") -> list[str]:

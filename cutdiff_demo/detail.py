@@ -22,8 +22,9 @@ orientation; sand and grass backgrounds carry an irregular texture (the same fol
 phase field), slate and night are plain. The prompt vocabulary and text encoder are the first demo
 model's (``model.VOCABULARY``).
 
-The latent of an image is rendered directly (there is no encoder): colour and pattern per latent
-pixel, with the shape's coverage from 4x4 supersampling, mixed by ``model.LATENT_MIX``.
+The latent of a training image is rendered directly: colour and pattern per latent pixel, with the
+shape's coverage from 4x4 supersampling, mixed by ``model.LATENT_MIX``. ``encode`` maps an image back
+(for a hires fix that upscales in pixel space): it inverts the colour but not the stripes.
 """
 from __future__ import annotations
 
@@ -149,6 +150,28 @@ class DetailDecoder(dm.DemoDecoder):
         present = present + (present.sum(dim=1, keepdim=True) == 0)  # nothing pure nearby: every colour
         present = F.interpolate(present, scale_factor=dm.LATENT_SCALE, mode="nearest")
         return torch.where(present > 0, 0.0, -1e4)
+
+
+def encode(image: torch.Tensor, pattern: torch.Tensor | None = None) -> torch.Tensor:
+    """IMAGE [B, 8h, 8w, 3] -> latent [B, 4, h, w], as a VAE encode: each 8 x 8 block's mean colour and
+    the pattern feature `pattern` [B, 1, h, w] (default 0).
+
+    The block mean inverts the decoder's colour: an edge through a block gives the coverage mix the
+    training latents carry, so the edges of an image upscaled in pixel space come back sharp (not the
+    two-latent-pixel ramp of a bicubic latent upscale). The stripes are not inverted: the fold is
+    many-to-one, and conv encoders trained through the decoder here learned none (BENCHMARKS.md).
+    Without a pattern the latent carries 0, the data's value on plain backgrounds and the mean of
+    its waves (objects then decode unstriped and darker by the pattern contrast); a caller that knows
+    the wave, e.g. the magnified one a perfect encoder would find in magnified stripes, passes it."""
+    rgb = rearrange(image, "b (h p1) (w p2) c -> b c h w (p1 p2)", p1=dm.LATENT_SCALE, p2=dm.LATENT_SCALE)
+    colour = 2 * rgb.mean(dim=-1) - 1
+    pattern = torch.zeros_like(colour[:, :1]) if pattern is None else pattern
+    return einsum(dm.LATENT_MIX, torch.cat([colour, pattern], dim=1), "c f, b f h w -> b c h w")
+
+
+def pattern_feature(latent: torch.Tensor) -> torch.Tensor:
+    """The pattern feature [B, 1, h, w] a latent carries (the inverse of LATENT_MIX's last column's mix)."""
+    return einsum(torch.linalg.inv(dm.LATENT_MIX), latent, "f c, b c h w -> b f h w")[:, 3:]
 
 
 def load_detail_model(path: Path = MODEL_PATH) -> dm.DemoModel:

@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from cutdiff_dev import comfy_runtime
 
 comfy_runtime.bootstrap()
 from cutdiff_demo import detail  # noqa: E402
+from cutdiff_demo import detail_metrics as dx  # noqa: E402
 from cutdiff_demo import model as dm  # noqa: E402
 
 
@@ -96,6 +98,44 @@ def test_an_upscaled_latent_decodes_to_stripes_of_twice_the_period():
     upscaled = period(decoder(F.interpolate(latent, scale_factor=2, mode="bicubic", align_corners=False)))
     assert native == pytest.approx(4 * dm.LATENT_SCALE / detail.FOLD, rel=0.1)
     assert upscaled == pytest.approx(2 * native, rel=0.1)
+
+
+def test_encode_inverts_the_decoder_given_the_pattern():
+    latent, _, _ = detail.render_batch(torch.Generator().manual_seed(3), 16)
+    decoder = detail.DetailDecoder()
+    with torch.no_grad():
+        image = decoder(latent)
+        again = decoder(detail.encode(image, detail.pattern_feature(latent)))
+    assert again.shape == image.shape
+    assert float((again - image).abs().mean()) < 0.01
+
+
+def test_encode_without_the_pattern_keeps_the_edges_and_draws_no_stripes():
+    latent, _, _ = detail.render_batch(torch.Generator().manual_seed(3), 16)
+    decoder = detail.DetailDecoder()
+    with torch.no_grad():
+        image = decoder(latent)
+        again = decoder(detail.encode(image))
+    edges = [[dx.edge_width(x) for x in images.numpy()] for images in (image, again)]
+    assert np.nanmedian(edges[1]) == pytest.approx(np.nanmedian(edges[0]), rel=0.15)
+    finest = [np.median([dx.fine_octave_power(x)[0] for x in images.numpy()]) for images in (image, again)]
+    assert finest[1] < 0.2 * finest[0]
+
+
+def test_a_pixel_upscale_encodes_to_sharp_edges_where_a_latent_upscale_draws_wide_ones():
+    """What a pixel-space hires fix is for: the edges of an image upscaled x2 come back from the
+    encoder as the data's latents carry them, not as the bicubic latent upscale's ramp."""
+    colour = torch.stack([palette_rgb("white")] * 8 + [palette_rgb("night")] * 8, dim=1)[:, None, :].expand(3, 16, 16)
+    latent = latent_of(colour, torch.zeros(16, 16))
+    decoder = detail.DetailDecoder()
+    with torch.no_grad():
+        image = decoder(latent).movedim(-1, 1)
+        pixel_x2 = F.interpolate(image, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+        through_pixels = decoder(detail.encode(pixel_x2.movedim(1, -1)))[0, 128]
+        through_latent = decoder(F.interpolate(latent, scale_factor=2, mode="bicubic", align_corners=False))[0, 128]
+    native = transition_px(edge_profile("white", "night"), 0)
+    assert transition_px(through_pixels, 0) <= native + 1
+    assert transition_px(through_latent, 0) >= 2 * native - 1
 
 
 def test_training_script_writes_a_loadable_detail_model(tmp_path):
