@@ -466,7 +466,7 @@ def choose(cells: dict, set_name: str = "selection") -> tuple[str | None, list[s
 
 SUMMARY_METHODS = [DEFAULT_IS, "hires fix 0.3 (core nodes)", "hires fix 0.3, pixel upscale (core nodes)",
                    PREVIOUS_DEFAULT, "direct inference", "CutDiffusion (paper)", "CutDiffusion + global_guidance 1",
-                   "MultiDiffusion", "DemoFusion"]
+                   "MultiDiffusion", "DemoFusion", "bicubic upscale (pixel)"]
 
 
 def summary_table(cells: dict, set_name: str = "held-out") -> list[str]:
@@ -484,7 +484,8 @@ def summary_table(cells: dict, set_name: str = "held-out") -> list[str]:
             cell = cells.get(f"{set_name}|{size}|{name}")
             reference = cells[f"{set_name}|{size}|bicubic upscale (pixel)"]
             row.append("—" if cell is None else f"{cell['one']:.0%} / {_f(crop_position(cell, floor, reference))}")
-        out.append(f"| {LABELS.get(name, name)} | " + " | ".join(row) + " |")
+        label = "native samples upscaled in pixel space (the reference)" if name == "bicubic upscale (pixel)" else None
+        out.append(f"| {label or LABELS.get(name, name)} | " + " | ".join(row) + " |")
     return out + [""]
 
 
