@@ -517,7 +517,7 @@ def cell_row(name: str, cell: dict, floor: dict, reference: dict) -> str:
 def render(cells: dict, args) -> str:
     md = next(m for m in METHODS if m.name == "MultiDiffusion")
     lines = ["`bench/detail_bench.py`: the cells of several runs (`bench/results/detail_cells*.json`), all on the "
-             "machine below; the selection run with 2 torch threads, the held-out runs with 1 or 2, some several "
+             "machine below; the runs with 1 or 2 torch threads, some several "
              "at once or beside tests, so the time column is not comparable between rows. Section rendered on "
              f"{machine_description()}.", "",
              "The detail proxy (`cutdiff_demo.detail`: the demo UNet retrained on images whose stripes and edges its "
