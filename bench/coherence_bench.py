@@ -38,7 +38,7 @@ import comfy.samplers  # noqa: E402
 import demofusion  # noqa: E402
 from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion  # noqa: E402
 from cutdiff_core.config import plan_target_pass  # noqa: E402
-from cutdiff_core.layout import native_first, upscale  # noqa: E402
+from cutdiff_core.layout import latent_upscale, native_first  # noqa: E402
 from cutdiff_core.stages import anchor_to_layout  # noqa: E402
 from cutdiff_core.plan import make_plan  # noqa: E402
 from cutdiff_demo import metrics  # noqa: E402
@@ -215,7 +215,7 @@ def anchored(model, layout: torch.Tensor):
 
     def post_cfg(args):
         denoised = args["denoised"]
-        return anchor_to_layout([denoised], [True], upscale(layout.to(denoised), *denoised.shape[-2:]),
+        return anchor_to_layout([denoised], [True], latent_upscale(layout.to(denoised), *denoised.shape[-2:]),
                                 height, width)[0]
 
     clone = model.clone()

@@ -39,6 +39,7 @@ from .config import (MAX_AUTO_WINDOW_BATCH, CutDiffusionConfig, guidance_strengt
 from .layout import NativeFirst, is_full_noise, native_first, sample_native_first
 from .native_size import latent_px, native_size_px
 from .patches import unfold_patches
+from .pixel_upscale import check_vae, pixel_upscale
 from .plan import EVALUATIONS_PER_STEP, Window, global_guidance_weight
 from .run_state import RunReport, RunState
 from .spatial_tile import patch_views, window_views
@@ -67,6 +68,9 @@ class PatchSettings:
     # below sigma_max (ddim_uniform): set by sample() for a KSampler at denoise 1.
     whole_schedule: bool = False
     report: weakref.ref | None = None
+    # native first's layout is upscaled in pixel space through this VAE (None: in latent space); weak for
+    # the same reason as the report, and because every clone of the model deep-copies its options.
+    vae: weakref.ref | None = None
 
     def run_report(self) -> RunReport:
         """The report this run fills: the patcher's, or one of its own where nobody reads it."""
@@ -135,7 +139,7 @@ class PatchedRun:
             return self._target_pass(executor, noise, latent_image, sampler, sigmas, denoise_mask, callback,
                                      disable_pbar, seed, kwargs)
         if first.is_whole_run:
-            self._report_plain(first.summary(self.settings.latent_px), first)
+            self._report_plain(self._summary(first), first)
             return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
         total = len(sigmas) - 1
 
@@ -152,7 +156,20 @@ class PatchedRun:
                                               sigmas[refine_from:], progress, disable_pbar, seed, kwargs)
             return self._target_pass(executor, fresh, layout.to(latent_image), sampler, sigmas[refine_from:], None,
                                      progress, disable_pbar, seed, kwargs, first)
-        return sample_native_first(first, layout_pass, target_pass, *noise.shape[-2:])
+        return sample_native_first(first, layout_pass, target_pass, *noise.shape[-2:], upscale=self._layout_upscale())
+
+    def _layout_upscale(self):
+        """The layout's upscale: through the user's VAE in pixel space, or None (in latent space)."""
+        if self.settings.vae is None:
+            return None
+        vae = self.settings.vae()
+        if vae is None:
+            raise RuntimeError("CutDiffusion: the VAE connected to the vae input is no longer loaded; run the "
+                               "workflow again (or disconnect it to upscale in latent space)")
+        return lambda latent, height, width: pixel_upscale(vae, latent, height, width, self.settings.latent_px)
+
+    def _summary(self, first: NativeFirst) -> str:
+        return first.summary(self.settings.latent_px, pixel_upscale=self.settings.vae is not None)
 
     def _whole_frame_pass(self, executor, first: NativeFirst, noise, latent_image, sampler, sigmas, callback,
                           disable_pbar, seed, kwargs):
@@ -160,7 +177,7 @@ class PatchedRun:
         upscaled layout, what a hires fix of ComfyUI's core nodes runs."""
         latent_px = self.settings.latent_px
         size = f"{noise.shape[-1] * latent_px}x{noise.shape[-2] * latent_px} px"
-        self._report_plain(f"{first.summary(latent_px)} on the whole frame ({size} per model call, like a hires fix)",
+        self._report_plain(f"{self._summary(first)} on the whole frame ({size} per model call, like a hires fix)",
                            first)
         try:
             return executor(noise, latent_image, sampler, sigmas, None, callback, disable_pbar, seed, **kwargs)
@@ -251,7 +268,7 @@ class PatchedRun:
         report.stage1_evaluations = report.stage2_evaluations = 0
         report.layout = first
         if first is not None:
-            report.notes.append(first.summary(self.settings.latent_px))
+            report.notes.append(self._summary(first))
         kind = run_kind(cfg, first is not None)
         ignored = ignored_settings(cfg, kind, plan)
         if ignored:
@@ -437,14 +454,19 @@ class _ModelCall:
         return denoise
 
 
-def apply_cutdiffusion(model, config: CutDiffusionConfig, report: RunReport | None = None):
-    """Validate, then return a patched clone of `model` (the input is left untouched)."""
+def apply_cutdiffusion(model, config: CutDiffusionConfig, report: RunReport | None = None, vae=None):
+    """Validate, then return a patched clone of `model` (the input is left untouched). `vae`: native
+    first's layout is upscaled in pixel space through it (decode, bicubic, encode) instead of in
+    latent space."""
     validate_config(config)
     scale = latent_px(model)
     validate_for_latent(config, scale)
     native_px = config.patch_size or native_size_px(model)
     validate_stride(config.window_stride, native_px)
-    settings = PatchSettings(config, native_px, scale, report=None if report is None else weakref.ref(report))
+    if vae is not None:
+        check_vae(vae, model)
+    settings = PatchSettings(config, native_px, scale, report=None if report is None else weakref.ref(report),
+                             vae=None if vae is None else weakref.ref(vae))
     return install(model, WRAPPER_KEY, {WRAPPERS.OUTER_SAMPLE: outer_sample,
                                          WRAPPERS.SAMPLER_SAMPLE: sampler_sample,
                                          WRAPPERS.PREDICT_NOISE: predict_noise,

@@ -45,12 +45,14 @@ class NativeFirst:
         bound: attention grows faster than the area)."""
         return self.layout_evaluations + round((self.steps - self.refine_from) * height * width / self.native_area)
 
-    def summary(self, latent_px: int) -> str:
+    def summary(self, latent_px: int, pixel_upscale: bool = False) -> str:
         if self.is_whole_run:
             return (f"native first: {self.width * latent_px}x{self.height * latent_px} px is within the native area, "
                     f"so it is sampled directly ({self.steps} steps, like KSampler)")
+        how = ("decoded by the VAE, upscaled bicubically in pixel space and encoded again" if pixel_upscale
+               else "upscaled bicubically in latent space")
         return (f"native-first layout: {self.width * latent_px}x{self.height * latent_px} px for all "
-                f"{self.steps} steps ({self.layout_evaluations} evaluations), upscaled; the target size re-runs "
+                f"{self.steps} steps ({self.layout_evaluations} evaluations), {how}; the target size re-runs "
                 f"the last {self.steps - self.refine_from}")
 
 
@@ -73,26 +75,27 @@ def native_first(height: int, width: int, native: int, steps: int, layout_denois
 
 
 def sample_native_first(first: NativeFirst, layout_pass: Callable[[], torch.Tensor],
-                        target_pass: Callable[[torch.Tensor, int], torch.Tensor], height: int, width: int
-                        ) -> torch.Tensor:
+                        target_pass: Callable[[torch.Tensor, int], torch.Tensor], height: int, width: int,
+                        upscale: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None) -> torch.Tensor:
     """Native first, the whole composition (its three parts are the caller's):
 
     1. `layout_pass()`: the whole schedule, plain sampling, at the native area with the target's
        aspect (first.height x first.width) from the run's seed;
-    2. `upscale`: that latent, bicubic, to the target's `height x width`;
+    2. `upscale`: that latent, bicubic, to the target's `height x width` (latent px): in latent
+       space (`upscale` below), or through a VAE in pixel space (pixel_upscale.py);
     3. `target_pass(latent, first.refine_from)`: the schedule from step `refine_from` at the target
        size on fresh noise: plain sampling of the whole frame, or shifted tiles whose predictions'
        coarse structure is held to the upscaled layout (stages.anchor_to_layout) and guided by the
        stage-1 patches' block means (stages.guide_low_frequencies; config.plan_target_pass).
     """
     layout = layout_pass()
-    return target_pass(upscale(layout, height, width), first.refine_from)
+    return target_pass((upscale or latent_upscale)(layout, height, width), first.refine_from)
 
 
-def upscale(latent: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bicubic in latent space, as measured; a one-frame latent [B, C, 1, H, W] keeps its frame axis."""
+def latent_upscale(latent: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bicubic in latent space, as LatentUpscale; a one-frame latent [B, C, 1, H, W] keeps its frame axis."""
     if latent.ndim == 5:
-        return upscale(latent[:, :, 0], height, width).unsqueeze(2)
+        return latent_upscale(latent[:, :, 0], height, width).unsqueeze(2)
     return F.interpolate(latent, size=(height, width), mode="bicubic")
 
 

@@ -278,6 +278,19 @@ def tiny_sd15(seed: int = 0):
     return _build(comfy.model_base.BaseModel, model_config, seed)
 
 
+def tiny_vae(seed: int = 0):
+    """A ComfyUI VAE of TAESD's architecture (4 latent channels, 8 px per latent pixel; ~2M parameters),
+    randomly initialised: VAEDecode and VAEEncode run it as they run a real one."""
+    bootstrap()
+    import comfy.sd
+    import comfy.taesd.taesd
+
+    net = comfy.taesd.taesd.TAESD(latent_channels=4)
+    _init_weights(net.taesd_encoder, seed)
+    _init_weights(net.taesd_decoder, seed + 1)
+    return comfy.sd.VAE(sd=net.state_dict())
+
+
 def tiny_conds(seed: int = 0, batch: int = 1, tokens: int = 8, context_dim: int = 64, sdxl: bool = True):
     """Deterministic (positive, negative) CONDITIONING; SDXL adds a [batch, 1280] pooled_output."""
     import torch
@@ -317,6 +330,7 @@ def ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negativ
 
 TINY_MODEL_NODE = "CutDiffTestTinyModel"
 TINY_CONDS_NODE = "CutDiffTestTinyConditioning"
+TINY_VAE_NODE = "CutDiffTestTinyVAE"
 
 
 def _tiny_sdxl_16ch(seed=0):
@@ -340,6 +354,21 @@ class _TinyModelNode:
 
     def build(self, kind, seed):
         return (self.KINDS[kind](seed=seed),)
+
+
+class _TinyVAENode:
+    """Harness-only node: tiny_vae() as a VAE output."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "build"
+    CATEGORY = "_for_testing"
+
+    def build(self, seed):
+        return (tiny_vae(seed=seed),)
 
 
 class _TinyConditioningNode:
@@ -499,6 +528,7 @@ def init_nodes() -> dict:
     _install_progress_hook()
     nodes.NODE_CLASS_MAPPINGS[TINY_MODEL_NODE] = _TinyModelNode
     nodes.NODE_CLASS_MAPPINGS[TINY_CONDS_NODE] = _TinyConditioningNode
+    nodes.NODE_CLASS_MAPPINGS[TINY_VAE_NODE] = _TinyVAENode
 
     module = f"custom_nodes.{PACK_NAME}"
     pack_nodes = sorted(

@@ -40,6 +40,14 @@ def _setting_input(setting: Setting):
     return kind.Input(setting.name, optional=True, **common, **extra)
 
 
+def vae_input():
+    return io.Vae.Input("vae", optional=True,
+                        tooltip="Optional, native first only: the model's VAE. The layout is then decoded, upscaled in "
+                                "pixel space and encoded again, as a hires fix with VAEDecode, ImageScale and "
+                                "VAEEncode (the usual choice on real VAEs, where an upscaled latent decodes to blur). "
+                                "Unconnected: the layout is upscaled in latent space.")
+
+
 def patch_inputs() -> list:
     """The patch's settings, shared by both nodes, in config.SETTINGS' order: `layout` first, then
     native first's own inputs, then the paper's (expert, advanced)."""
@@ -55,22 +63,23 @@ class CutDiffusion(io.ComfyNode):
             category=CATEGORY,
             description="Patch a model for tuning-free high-resolution generation; use it with any sampler node at a "
                         "large latent size. Default (layout native first, beyond the paper): the image is drawn at "
-                        "the model's native area, upscaled, and the last layout_denoise of the schedule re-run at "
+                        "the model's native area, upscaled (in pixel space through the vae input where one is "
+                        "connected), and the last layout_denoise of the schedule re-run at "
                         "the target size on the whole frame (a hires fix in one sampler node); target_pass tiles "
                         "re-runs it in native-size shifted tiles held to that layout, CutDiffusion's stage-1 "
                         "patches guiding them. layout patches: the paper's CutDiffusion (arXiv 2404.15141), stage "
                         "1 on interleaved native-size patches, stage 2 in overlapping windows. Greyed inputs are "
                         "not used by the chosen layout.",
             inputs=[io.Model.Input("model", tooltip="The model to patch (it is not modified; a patched copy is returned).")]
-                   + patch_inputs(),
+                   + patch_inputs() + [vae_input()],
             outputs=[io.Model.Output(tooltip="The model with CutDiffusion: sample it at the target size with "
                                              "KSampler, KSamplerAdvanced or SamplerCustomAdvanced.")],
         )
 
     @classmethod
-    def execute(cls, model, **settings) -> io.NodeOutput:
+    def execute(cls, model, vae=None, **settings) -> io.NodeOutput:
         config = config_from_inputs(settings)
-        return io.NodeOutput(apply_cutdiffusion(model, config))
+        return io.NodeOutput(apply_cutdiffusion(model, config, vae=vae))
 
 
 class CutDiffusionKSampler(io.ComfyNode):
@@ -81,7 +90,8 @@ class CutDiffusionKSampler(io.ComfyNode):
             display_name="CutDiffusion KSampler",
             category=CATEGORY,
             description="KSampler for images larger than the model's native size. Default (layout native first, "
-                        "beyond the paper): a layout pass at the native area, a bicubic upscale, then the last "
+                        "beyond the paper): a layout pass at the native area, a bicubic upscale (in pixel space "
+                        "through the vae input where one is connected), then the last "
                         "layout_denoise of the schedule at the target size on the whole frame - exactly a hires "
                         "fix of ComfyUI's core nodes, no CutDiffusion part. target_pass tiles: that pass in "
                         "native-size shifted tiles held to the layout, CutDiffusion's patches guiding them (the "
@@ -107,15 +117,15 @@ class CutDiffusionKSampler(io.ComfyNode):
                                tooltip="As in KSampler: below 1 keeps part of the input latent (upscaling / hires "
                                        "fix). A denoise whose start noise is below stage_split skips stage 1 "
                                        "(refinement only, the node says so); see min_stage1_steps."),
-            ] + patch_inputs(),
+            ] + patch_inputs() + [vae_input()],
             outputs=[io.Latent.Output(tooltip="The denoised latent at the target size.")],
         )
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-                **settings) -> io.NodeOutput:
+                vae=None, **settings) -> io.NodeOutput:
         config = config_from_inputs(settings)
         report = RunReport()
-        patched = apply_cutdiffusion(model, config, report)
+        patched = apply_cutdiffusion(model, config, report, vae=vae)
         latent = sample(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
         return io.NodeOutput(latent, ui={"cutdiffusion": [report.summary()]})

@@ -107,6 +107,7 @@ def preview_plan(params: dict) -> dict:
     denoise = _number(params, "denoise", float, 1.0, 0.0, 1.0)
     sampler_name = _choice(params, "sampler_name", comfy.samplers.KSampler.SAMPLERS, "euler")
     scheduler = _choice(params, "scheduler", comfy.samplers.KSampler.SCHEDULERS, "normal")
+    pixel_upscale = _choice(params, "upscale", ["latent", "pixel"], "latent") == "pixel"   # a VAE is connected
     config = CutDiffusionConfig(**{setting.name: _setting(params, setting) for setting in SETTINGS})
     known_native_px = NATIVE_PX_BY_MODEL_SOURCE.get(params.get("model_source"))
     native_px = config.patch_size or known_native_px or ASSUMED_NATIVE_PX
@@ -156,7 +157,8 @@ def preview_plan(params: dict) -> dict:
         "layout": None if first is None else {"w": first.width * px, "h": first.height * px, "steps": first.steps,
                                               "evaluations": first.layout_evaluations,
                                               "direct": first.is_whole_run,
-                                              "summary": first.summary(px)},
+                                              "upscale": "pixel" if pixel_upscale else "latent",
+                                              "summary": first.summary(px, pixel_upscale)},
         "steps": plan.steps, "stage1_steps": plan.stage1_steps, "stage2_steps": plan.stage2_steps,
         "guided": plan.guided, "guidance": plan.guidance,
         "evaluations_per_image": per_image,
@@ -165,7 +167,7 @@ def preview_plan(params: dict) -> dict:
                                                                                  config.window_jitter),
         "assumptions": assumptions,
         "target_pass": "whole frame" if whole_frame else "tiles" if first is not None else None,
-        "summary": (f"{first.summary(px)} on the whole frame" if whole_frame else plan.summary()),
+        "summary": (f"{first.summary(px, pixel_upscale)} on the whole frame" if whole_frame else plan.summary()),
     }
 
 

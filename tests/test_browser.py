@@ -178,7 +178,22 @@ def test_plan_preview_shows_the_numbers_for_two_settings(page, capsys):
     assert (shown["stage1_rects"], shown["stage2_rects"]) == (0, 1)
     greyed = page.execute_script(f"return {SAMPLER_JS}.widgets.filter(w => w.disabled).map(w => w.name)")
     assert "stage_split" in greyed and "layout_denoise" not in greyed and "target_pass" not in greyed
+    layout_line = "layout first: 1024×1024 px, 50 steps, {}, then the last 25 at full size"
+    assert page.execute_script(f"return {SAMPLER_JS}.cutdiffusion.element.querySelector('.cutdiff-layout')"
+                               ".textContent") == layout_line.format("latent upscale")
     page.save_screenshot(str(SHOTS / "plan_sdxl_2048_native_first.png"))
+
+    # A VAE on the vae input: the layout is upscaled in pixel space, and the preview says so.
+    page.execute_script(f"""
+        const sampler = {SAMPLER_JS};
+        const loader = LiteGraph.createNode('VAELoader');
+        loader.pos = [sampler.pos[0] - 300, sampler.pos[1] + 400];
+        app.graph.add(loader);
+        loader.connect(0, sampler, sampler.findInputSlot('vae'));""")
+    _shown_plan(page, "upscale=pixel")
+    assert page.execute_script(f"return {SAMPLER_JS}.cutdiffusion.element.querySelector('.cutdiff-layout')"
+                               ".textContent") == layout_line.format("pixel upscale (vae)")
+    page.execute_script("app.graph.remove(app.graph.nodes.find(n => n.type === 'VAELoader'))")
 
     # The tiled target pass: 2x2 shifted tiles guided by the 2x2 patches, stage_split still unused.
     _set_widget(page, SAMPLER_JS, "target_pass", "tiles")

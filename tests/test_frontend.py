@@ -110,6 +110,16 @@ def test_preview_equals_the_plan_a_run_reports():
     assert preview["summary"] in report
 
 
+def test_preview_names_the_layouts_upscale():
+    """Latent space without a VAE, pixel space through one, in the words of the run's report."""
+    latent = preview_plan({"width": 2048, "height": 2048, "steps": 30})
+    pixel = preview_plan({"width": 2048, "height": 2048, "steps": 30, "upscale": "pixel"})
+    assert latent["layout"]["upscale"] == "latent" and "upscaled bicubically in latent space" in latent["summary"]
+    assert pixel["layout"]["upscale"] == "pixel"
+    assert "decoded by the VAE, upscaled bicubically in pixel space and encoded again" in pixel["summary"]
+    assert pixel["evaluations_per_image"] == latent["evaluations_per_image"]
+
+
 def test_demo_help_page_states_the_demo_models_native_size():
     from cutdiff_demo.model import NATIVE_SIZE_PX
     page = (DOCS / "CutDiffusionDemoModel.md").read_text()

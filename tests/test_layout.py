@@ -12,7 +12,7 @@ import comfy.utils
 from cutdiff_dev import comfy_runtime as rt
 from helpers import CountingModel, run_cut, schedule
 
-from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion
+from cutdiff_core.cutdiffusion_patch import CutDiffusionConfig, RunReport, apply_cutdiffusion, sample
 from cutdiff_core.layout import native_first
 
 PATCH = 128          # px: the tiny model's "native" size in these tests
@@ -198,7 +198,7 @@ def test_preview_counts_the_layout_pass():
     from comfyui_cutdiffusion.nodes.plan_route import preview_plan
     plan = preview_plan({"width": 2048, "height": 2048, "steps": 50})
     assert plan["layout"] == {"w": 1024, "h": 1024, "steps": 50, "evaluations": 50, "direct": False,
-                              "summary": plan["layout"]["summary"]}
+                              "upscale": "latent", "summary": plan["layout"]["summary"]}
     # The default's target pass: the last 25 steps on the whole 2048² frame, 4 native areas each.
     assert plan["target_pass"] == "whole frame" and plan["evaluations_per_image"] == 50 + 25 * 4 == 150
     assert "on the whole frame" in plan["summary"]
@@ -291,3 +291,45 @@ def test_whole_frame_target_pass_is_a_hires_fix_of_core_calls(model, conds, size
     assert torch.equal(got, expected)
     assert report.plan is None and report.layout == first and "on the whole frame" in report.summary()
     assert counter.batches == [2] * 10 + [2] * 3 and counter.shapes[-1][-2:] == (h, w)   # one call per step
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return rt.tiny_vae()
+
+
+@pytest.mark.parametrize("size_px", [(256, 256), (384, 128)])
+def test_a_vae_upscales_the_layout_as_a_pixel_hires_fix_of_core_nodes(model, conds, vae, size_px):
+    """With a VAE, native first's whole-frame run is exactly the pixel-space hires fix a user builds from
+    ComfyUI's core nodes: KSampler at the native area, VAEDecode, ImageScale (bicubic), VAEEncode,
+    KSamplerAdvanced on the last layout_denoise of the same schedule with fresh noise (the seed + 1)."""
+    import nodes
+
+    pos, neg = conds
+    latent = rt.empty_latent(*size_px)
+    report = RunReport()
+    patched = apply_cutdiffusion(model, CutDiffusionConfig(patch_size=PATCH, layout_denoise=0.3), report, vae=vae)
+    with torch.inference_mode():
+        got = sample(patched, 4, 10, 5.0, "euler", "normal", pos, neg, latent)["samples"]
+    h, w = latent["samples"].shape[-2:]
+    first = native_first(h, w, NATIVE, 10, 0.3)
+    small = torch.zeros(1, 4, first.height, first.width)
+    with torch.inference_mode():
+        layout = comfy.sample.sample(model, comfy.sample.prepare_noise(small, 4), 10, 5.0, "euler", "normal", pos, neg,
+                                     small, disable_pbar=True, seed=4)
+        image = nodes.VAEDecode().decode(vae, {"samples": layout})[0]
+        image = nodes.ImageScale().upscale(image, "bicubic", w * 8, h * 8, "disabled")[0]
+        up = nodes.VAEEncode().encode(vae, image)[0]["samples"]
+        expected = comfy.sample.sample(model, comfy.sample.prepare_noise(up, 5), 10, 5.0, "euler", "normal", pos, neg,
+                                       up, start_step=first.refine_from, disable_pbar=True, seed=4)
+    assert torch.equal(got, expected)
+    in_latent_space, _ = run_cut(model, latent, seed=4, steps=10, conds=conds, patch_size=PATCH,
+                                 layout="native first", layout_denoise=0.3)
+    assert not torch.allclose(got, in_latent_space)
+    assert "decoded by the VAE, upscaled bicubically in pixel space and encoded again" in report.summary()
+
+
+def test_a_vae_of_other_latents_is_refused_before_any_work(model):
+    sd35_vae = type("SD35Vae", (), {"latent_channels": 16})()
+    with pytest.raises(ValueError, match="vae makes 16-channel latents and this model samples 4-channel"):
+        apply_cutdiffusion(model, CutDiffusionConfig(), vae=sd35_vae)

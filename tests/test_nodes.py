@@ -60,9 +60,9 @@ PATCH_INPUTS = ["layout", "target_pass", "layout_denoise", "layout_guidance", "p
 # Every input in order: saved workflows store widget values by position, so names never change and an
 # order change needs the frontend to read earlier saves by name (test_browser: saved earlier).
 INPUT_ORDER = {
-    "CutDiffusion": ["model", *PATCH_INPUTS],
+    "CutDiffusion": ["model", *PATCH_INPUTS, "vae"],
     "CutDiffusionKSampler": ["model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
-                             "latent_image", "denoise", *PATCH_INPUTS],
+                             "latent_image", "denoise", *PATCH_INPUTS, "vae"],
     "AdaptiveDiffusion": ["model", "threshold", "max_skip_steps", "warmup_steps", "start_percent", "end_percent"],
 }
 def test_patch_inputs_are_the_configs_settings():
@@ -161,6 +161,28 @@ def test_patch_node_works_with_builtin_samplers(sampler_kind):
     # Same seed, sampler and schedule: the patch under any sampler node is CutDiffusion KSampler.
     (reference,) = rt.saved_latents(rt.run_prompt(_prompt(_cut_ksampler(steps=4))), "save")
     assert torch.equal(latent, reference)
+
+
+def test_both_nodes_upscale_the_layout_through_their_vae_input():
+    """Native first with a VAE on either node: the same pixel-space run, which the report names, and
+    a different image from the latent-space upscale without one."""
+    native_first = _patch_inputs(layout="native first", target_pass="whole frame")
+    vae = {"class_type": rt.TINY_VAE_NODE, "inputs": {"seed": 0}}
+    with_vae = _prompt(_cut_ksampler(**native_first))
+    with_vae["sampler"]["inputs"]["vae"] = ["vae", 0]
+    with_vae["vae"] = vae
+    result = rt.run_prompt(with_vae)
+    (through_vae,) = rt.saved_latents(result, "save")
+    assert "decoded by the VAE, upscaled bicubically in pixel space" in result["outputs"]["sampler"]["cutdiffusion"][0]
+    patch = {"class_type": "CutDiffusion", "inputs": {"model": ["model", 0], "vae": ["vae", 0], **native_first}}
+    ksampler = {"class_type": "KSampler", "inputs": {
+        "model": ["patch", 0], "seed": 5, "steps": 4, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+        "denoise": 1.0, "positive": ["conds", 0], "negative": ["conds", 1], "latent_image": ["latent", 0]}}
+    behind_patch = _prompt(ksampler, patch_node=patch)
+    behind_patch["vae"] = vae
+    (patched,) = rt.saved_latents(rt.run_prompt(behind_patch), "save")
+    (in_latent_space,) = rt.saved_latents(rt.run_prompt(_prompt(_cut_ksampler(**native_first))), "save")
+    assert torch.equal(patched, through_vae) and not torch.allclose(through_vae, in_latent_space)
 
 
 def test_cancel_interrupts_a_cutdiffusion_run():

@@ -117,6 +117,8 @@ function planQuery(node, size) {
     const value = widgetValue(node, name);
     if (value !== undefined) params[name] = value;
   }
+  const vae = node.findInputSlot?.("vae") ?? -1;
+  if (vae >= 0 && node.isInputConnected(vae)) params.upscale = "pixel";   // the layout's upscale goes through it
   return new URLSearchParams(params).toString();
 }
 

@@ -109,11 +109,15 @@ export function renderPlan(root, state) {
         "layout native first with a short side at the native size: the layout pass is the image itself, " +
         "so nothing is cut into patches or windows."));
     } else if (plan.layout) {
+      const pixel = plan.layout.upscale === "pixel";
       root.appendChild(line("cutdiff-layout",
-        `layout first: ${plan.layout.w}×${plan.layout.h} px, ${plan.layout.steps} steps, then the last ` +
-        `${plan.steps} at full size`,
+        `layout first: ${plan.layout.w}×${plan.layout.h} px, ${plan.layout.steps} steps, ` +
+        `${pixel ? "pixel upscale (vae)" : "latent upscale"}, then the last ${plan.steps} at full size`,
         "layout native first: the image is drawn at about the model's native size, upscaled, and only the end " +
-        "of the schedule is re-run at the target size (the diagrams show that pass: target_pass)."));
+        "of the schedule is re-run at the target size (the diagrams show that pass: target_pass). " +
+        (pixel ? "The vae input decodes the layout, the image is upscaled and encoded again, as a hires fix with " +
+                 "VAEDecode, ImageScale and VAEEncode."
+               : "Connect the model's VAE to the vae input to upscale in pixel space instead.")));
     }
     const pad = g.pad_h || g.pad_w ? ` (padded by ${g.pad_w}×${g.pad_h} px)` : "";
     root.appendChild(wholeFrame
