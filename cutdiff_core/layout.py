@@ -82,7 +82,7 @@ def sample_native_first(first: NativeFirst, layout_pass: Callable[[], torch.Tens
     1. `layout_pass()`: the whole schedule, plain sampling, at the native area with the target's
        aspect (first.height x first.width) from the run's seed;
     2. `upscale`: that latent, bicubic, to the target's `height x width` (latent px): in latent
-       space (`upscale` below), or through a VAE in pixel space (pixel_upscale.py);
+       space (`latent_upscale` below), or through a VAE in pixel space (pixel_upscale.py);
     3. `target_pass(latent, first.refine_from)`: the schedule from step `refine_from` at the target
        size on fresh noise: plain sampling of the whole frame, or shifted tiles whose predictions'
        coarse structure is held to the upscaled layout (stages.anchor_to_layout) and guided by the
