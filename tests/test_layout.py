@@ -269,25 +269,33 @@ def test_the_run_names_every_changed_setting_it_did_not_use(model, conds):
     assert "ignored by this run (sampled directly): stage_split = 0.7" in direct.summary()
 
 
+def _hires_fix_of_core_calls(model, conds, latent, upscale):
+    """KSampler at the native area with the target's aspect (seed 4, 10 euler steps), `upscale(layout)`
+    to the target, then KSamplerAdvanced on the last 0.3 of the same schedule with fresh noise (seed 5);
+    with the layout pass it ran."""
+    pos, neg = conds
+    first = native_first(*latent["samples"].shape[-2:], NATIVE, 10, 0.3)
+    small = torch.zeros(1, 4, first.height, first.width)
+    with torch.inference_mode():
+        layout = comfy.sample.sample(model, comfy.sample.prepare_noise(small, 4), 10, 5.0, "euler", "normal", pos, neg,
+                                     small, disable_pbar=True, seed=4)
+        up = upscale(layout)
+        return comfy.sample.sample(model, comfy.sample.prepare_noise(up, 5), 10, 5.0, "euler", "normal", pos, neg, up,
+                                   start_step=first.refine_from, disable_pbar=True, seed=4), first
+
+
 @pytest.mark.parametrize("size_px", [(256, 256), (384, 128)])
 def test_whole_frame_target_pass_is_a_hires_fix_of_core_calls(model, conds, size_px):
     """target_pass whole frame is exactly what a user builds from ComfyUI's core nodes: KSampler at the
     native area with the target's aspect, LatentUpscale (bicubic), KSamplerAdvanced on the last
     layout_denoise of the same schedule with fresh noise (the seed + 1)."""
-    pos, neg = conds
     latent = rt.empty_latent(*size_px)
     with CountingModel(model) as counter:
         got, report = run_cut(model, latent, seed=4, steps=10, conds=conds, patch_size=PATCH, layout="native first",
                               target_pass="whole frame", layout_denoise=0.3)
     h, w = latent["samples"].shape[-2:]
-    first = native_first(h, w, NATIVE, 10, 0.3)
-    small = torch.zeros(1, 4, first.height, first.width)
-    with torch.inference_mode():
-        layout = comfy.sample.sample(model, comfy.sample.prepare_noise(small, 4), 10, 5.0, "euler", "normal", pos, neg,
-                                     small, disable_pbar=True, seed=4)
-        up = comfy.utils.common_upscale(layout, w, h, "bicubic", "disabled")
-        expected = comfy.sample.sample(model, comfy.sample.prepare_noise(up, 5), 10, 5.0, "euler", "normal", pos, neg,
-                                       up, start_step=first.refine_from, disable_pbar=True, seed=4)
+    expected, first = _hires_fix_of_core_calls(
+        model, conds, latent, lambda layout: comfy.utils.common_upscale(layout, w, h, "bicubic", "disabled"))
     assert torch.equal(got, expected)
     assert report.plan is None and report.layout == first and "on the whole frame" in report.summary()
     assert counter.batches == [2] * 10 + [2] * 3 and counter.shapes[-1][-2:] == (h, w)   # one call per step
@@ -312,16 +320,12 @@ def test_a_vae_upscales_the_layout_as_a_pixel_hires_fix_of_core_nodes(model, con
     with torch.inference_mode():
         got = sample(patched, 4, 10, 5.0, "euler", "normal", pos, neg, latent)["samples"]
     h, w = latent["samples"].shape[-2:]
-    first = native_first(h, w, NATIVE, 10, 0.3)
-    small = torch.zeros(1, 4, first.height, first.width)
-    with torch.inference_mode():
-        layout = comfy.sample.sample(model, comfy.sample.prepare_noise(small, 4), 10, 5.0, "euler", "normal", pos, neg,
-                                     small, disable_pbar=True, seed=4)
+
+    def pixel_upscale(layout):
         image = nodes.VAEDecode().decode(vae, {"samples": layout})[0]
         image = nodes.ImageScale().upscale(image, "bicubic", w * 8, h * 8, "disabled")[0]
-        up = nodes.VAEEncode().encode(vae, image)[0]["samples"]
-        expected = comfy.sample.sample(model, comfy.sample.prepare_noise(up, 5), 10, 5.0, "euler", "normal", pos, neg,
-                                       up, start_step=first.refine_from, disable_pbar=True, seed=4)
+        return nodes.VAEEncode().encode(vae, image)[0]["samples"]
+    expected, _ = _hires_fix_of_core_calls(model, conds, latent, pixel_upscale)
     assert torch.equal(got, expected)
     in_latent_space, _ = run_cut(model, latent, seed=4, steps=10, conds=conds, patch_size=PATCH,
                                  layout="native first", layout_denoise=0.3)
