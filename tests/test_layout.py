@@ -333,6 +333,25 @@ def test_a_vae_upscales_the_layout_as_a_pixel_hires_fix_of_core_nodes(model, con
     assert "decoded by the VAE, upscaled bicubically in pixel space and encoded again" in report.summary()
 
 
+def test_a_vae_changes_only_the_layouts_upscale_of_the_tiled_target_pass(model, conds, vae):
+    """target_pass tiles through a VAE: the same plan and model calls as in latent space, held to the
+    pixel-space layout instead."""
+    pos, neg = conds
+    latent = rt.empty_latent(256, 256)
+    runs = {}
+    for name, vae_input in (("latent", None), ("pixel", vae)):
+        report = RunReport()
+        config = CutDiffusionConfig(patch_size=PATCH, target_pass="tiles", layout_denoise=0.3)
+        patched = apply_cutdiffusion(model, config, report, vae=vae_input)
+        with CountingModel(model) as counter, torch.inference_mode():
+            out = sample(patched, 4, 10, 5.0, "euler", "normal", pos, neg, latent)["samples"]
+        runs[name] = (out, counter.batches, report)
+    (latent_out, latent_calls, latent_report), (pixel_out, pixel_calls, pixel_report) = runs["latent"], runs["pixel"]
+    assert pixel_calls == latent_calls and pixel_report.plan == latent_report.plan
+    assert pixel_report.plan.layout.mode == "shifted" and not torch.allclose(pixel_out, latent_out)
+    assert "encoded again" in pixel_report.summary() and "in latent space" in latent_report.summary()
+
+
 def test_a_vae_of_other_latents_is_refused_before_any_work(model):
     sd35_vae = type("SD35Vae", (), {"latent_channels": 16})()
     with pytest.raises(ValueError, match="vae makes 16-channel latents and this model samples 4-channel"):
