@@ -147,10 +147,14 @@ def layout_pass(demo, prompt, width, height, seed, batch, args) -> torch.Tensor:
     return _ksampler(demo.model, demo, prompt, torch.zeros(batch, 4, h, w), seed, args)
 
 
+def upscale_latent(latent, width: int, height: int) -> torch.Tensor:
+    """LatentUpscale, bicubic, to `width x height` px."""
+    return comfy.utils.common_upscale(latent, width // 8, height // 8, "bicubic", "disabled")
+
+
 def hires_pass(model, demo, prompt, latent, width, height, seed, args, reentry) -> torch.Tensor:
     """LatentUpscale (bicubic) to the size, then KSamplerAdvanced on the schedule's last `reentry`."""
-    upscaled = comfy.utils.common_upscale(latent, width // 8, height // 8, "bicubic", "disabled")
-    return _tail(model, demo, prompt, upscaled, seed, args, reentry)
+    return _tail(model, demo, prompt, upscale_latent(latent, width, height), seed, args, reentry)
 
 
 def pixel_hires_pass(demo, prompt, latent, width, height, seed, args, reentry, ideal=False) -> torch.Tensor:
@@ -158,10 +162,7 @@ def pixel_hires_pass(demo, prompt, latent, width, height, seed, args, reentry, i
     `ideal`: the encoder also recovers the magnified stripes (the wave of the layout upscaled)."""
     image = demo.decoder(latent).movedim(-1, 1)
     upscaled = comfy.utils.common_upscale(image, width, height, "bicubic", "disabled").movedim(1, -1)
-    wave = None
-    if ideal:
-        magnified = comfy.utils.common_upscale(latent, width // 8, height // 8, "bicubic", "disabled")
-        wave = detail.pattern_feature(magnified)
+    wave = detail.pattern_feature(upscale_latent(latent, width, height)) if ideal else None
     encoded = detail.encode(upscaled.clamp(0, 1), wave)
     return _tail(demo.model, demo, prompt, encoded, seed, args, reentry)
 

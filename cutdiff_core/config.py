@@ -179,6 +179,50 @@ def acts_on_note(setting: Setting) -> str:
     return f" Acts on {' and '.join(kinds[k] for k in setting.acts_on)} only."
 
 
+def settings_of_layout(layout: str) -> tuple[Setting, ...]:
+    """The settings (other than `layout`) that act on some run of `layout`: what the node shows
+    under that layout where its frontend has a dynamic combo."""
+    kinds = [kind for kind in RUN_KINDS if kind.startswith(layout)]
+    return tuple(s for s in SETTINGS[1:] if set(s.acts_on) & set(kinds))
+
+
+def _checked_type(setting: Setting, value):
+    """A value from a prompt that no ComfyUI schema checked (the top-level settings of a prompt saved
+    before the dynamic combo), converted as ComfyUI converts widget values, or ValueError naming the
+    field. Ranges and options are validate_config's."""
+    if setting.options is not None:
+        if isinstance(value, str):
+            return value
+        expected = f"one of {list(setting.options)}"
+    elif isinstance(setting.default, bool):
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    else:
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                return float(value) if isinstance(setting.default, float) else int(float(value))
+            except ValueError:
+                pass
+        expected = "a number"
+    raise ValueError(f"CutDiffusion: {setting.name} = {value!r} must be {expected}")
+
+
+def config_from_layout_choice(choice: dict, top_level: dict) -> CutDiffusionConfig:
+    """The config of a node whose `layout` is a dynamic combo: `choice` = {"layout": option, and the
+    inputs shown under it}. `top_level`: the settings of a prompt saved before the combo, which named
+    them beside `layout`; they apply as they did (`choice` wins where both name one). An absent
+    setting shown under the option predates its input (`when_absent`, as config_from_inputs); one not
+    shown under it takes its default."""
+    by_name = {s.name: s for s in SETTINGS}
+    values = {name: _checked_type(by_name[name], value) for name, value in top_level.items() if name in by_name}
+    values.update((name, value) for name, value in choice.items() if value is not None)   # None: not in the prompt
+    shown = {s.name for s in settings_of_layout(values["layout"])} if values.get("layout") in LAYOUTS else set()
+    absent = {s.name: s.when_absent for s in SETTINGS
+              if s.when_absent is not None and s.name not in values and (s.name in shown or s.name == "layout")}
+    return CutDiffusionConfig(**values, **absent)
+
+
 def config_from_inputs(inputs: dict) -> CutDiffusionConfig:
     """The config of a node's inputs; an input a saved prompt predates takes its `when_absent`
     value (an old workflow keeps what it ran: the paper's layout), any other absent one its default."""

@@ -13,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# V3's DynamicCombo (ComfyUI 0.33.0): a combo whose options each show their own inputs. The workflows
+# here are written in the flat form (every input its own widget, as where ComfyUI has none), which
+# the pack's web extension reads by name where it has one.
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 
 
@@ -33,20 +37,44 @@ def node_class(class_type: str):
     return nodes.NODE_CLASS_MAPPINGS[class_type]
 
 
-def _input_items(class_type: str):
-    spec = node_class(class_type).INPUT_TYPES()
+def flat_inputs(class_type: str):
+    """(name, type, options) of each input in the flat form, in order."""
+    yield from _flat_items(node_class(class_type).INPUT_TYPES())
+
+
+def _flat_items(spec: dict):
     for section in ("required", "optional"):
         for name, value in spec.get(section, {}).items():
             kind = value[0]
             options = dict(value[1]) if len(value) > 1 and value[1] else {}
             if isinstance(kind, list):  # legacy combo: the options are the type
                 kind, options = "COMBO", {**options, "options": kind}
+            if kind == DYNAMIC_COMBO:
+                yield name, "COMBO", {"options": [o["key"] for o in options["options"]]}
+                yield from _merged_option_inputs(options["options"])
+                continue
             yield name, kind, options
+
+
+def _merged_option_inputs(options: list[dict]):
+    """A dynamic combo's inputs in the flat form: every option's inputs once, each option's in its
+    own order (an input first met in a later option follows the one before it there)."""
+    merged: dict[str, tuple] = {}
+    for option in options:
+        previous = None
+        for name, kind, extra in _flat_items(option["inputs"]):
+            if name not in merged:
+                keys = list(merged)
+                at = keys.index(previous) + 1 if previous is not None else len(keys)
+                merged = {k: merged[k] for k in keys[:at]} | {name: (name, kind, extra)} | \
+                         {k: merged[k] for k in keys[at:]}
+            previous = name
+    yield from merged.values()
 
 
 def widget_specs(class_type: str) -> list[WidgetSpec]:
     out = []
-    for name, kind, options in _input_items(class_type):
+    for name, kind, options in flat_inputs(class_type):
         if kind not in WIDGET_TYPES or options.get("forceInput"):
             continue
         extra = int(bool(options.get("control_after_generate"))) + int(bool(options.get("image_upload")))
@@ -65,7 +93,7 @@ def default_value(spec: WidgetSpec):
 def link_inputs(class_type: str) -> list[tuple[str, str]]:
     """(name, type) of the inputs that are sockets only (no widget)."""
     widgets = {w.name for w in widget_specs(class_type)}
-    return [(name, kind) for name, kind, _ in _input_items(class_type) if name not in widgets]
+    return [(name, kind) for name, kind, _ in flat_inputs(class_type) if name not in widgets]
 
 
 def outputs(class_type: str) -> list[tuple[str, str]]:
@@ -150,10 +178,27 @@ def to_api_prompt(workflow: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        inputs = dict(widget_values_by_name(node))
+        inputs = as_sent(node["type"], widget_values_by_name(node))
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
                 _, origin, origin_slot, *_ = links[slot["link"]]
                 inputs[slot["name"]] = [str(nodes[origin]["id"]), origin_slot]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
+
+
+def as_sent(class_type: str, values: dict) -> dict:
+    """Widget values as the frontend sends them: a dynamic combo's chosen option's inputs named
+    "<combo>.<input>", the other options' inputs left out."""
+    spec = node_class(class_type).INPUT_TYPES()
+    out = dict(values)
+    for section in ("required", "optional"):
+        for name, value in spec.get(section, {}).items():
+            if value[0] != DYNAMIC_COMBO:
+                continue
+            options = value[1]["options"]
+            chosen = next(o for o in options if o["key"] == values[name])
+            for nested, _, _ in _merged_option_inputs(options):
+                out.pop(nested)
+            out.update({f"{name}.{nested}": values[nested] for nested, _, _ in _flat_items(chosen["inputs"])})
+    return out

@@ -6,10 +6,17 @@ import inspect
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..cutdiff_core.config import SETTINGS, Setting, acts_on_note, config_from_inputs
+from ..cutdiff_core.config import (SETTINGS, CutDiffusionConfig, Setting, acts_on_note, config_from_inputs,
+                                   config_from_layout_choice, settings_of_layout)
 from ..cutdiff_core.cutdiffusion_patch import RunReport, apply_cutdiffusion, sample
+from ..cutdiff_core.layout import LAYOUTS
 
 CATEGORY = "sampling/cutdiffusion"
+
+LAYOUT_IS_DYNAMIC = hasattr(io, "DynamicCombo")
+# Prompts saved before the dynamic combo name its settings beside `layout`, where the schema has none:
+# the nodes take every input of the prompt and read those (config_from_layout_choice).
+ACCEPTS_SAVED_TOP_LEVEL = dict(accept_all_inputs=True) if LAYOUT_IS_DYNAMIC else {}
 
 
 def advanced(input_class) -> dict:
@@ -50,8 +57,30 @@ def vae_input():
 
 def patch_inputs() -> list:
     """The patch's settings, shared by both nodes, in config.SETTINGS' order: `layout` first, then
-    native first's own inputs, then the paper's (expert, advanced)."""
-    return [_setting_input(setting) for setting in SETTINGS]
+    native first's own inputs, then the paper's (expert, advanced). Where this ComfyUI has V3's
+    DynamicCombo (0.33.0), `layout` is one, showing under each layout only the settings that act on
+    it (config.settings_of_layout); elsewhere (0.3.75) every setting is its own input and the
+    preview greys the ones the chosen layout ignores."""
+    if not LAYOUT_IS_DYNAMIC:
+        return [_setting_input(setting) for setting in SETTINGS]
+    layout = SETTINGS[0]
+    options = [io.DynamicCombo.Option(option, [_setting_input(s) for s in settings_of_layout(option)])
+               for option in LAYOUTS]
+    # Optional, as the flat input: a prompt saved before `layout` existed ran the paper's layout.
+    return [io.DynamicCombo.Input(layout.name, options=options, optional=True,
+                                  tooltip=layout.tooltip + " Each layout shows only the inputs it uses.")]
+
+
+def config_of(settings: dict) -> CutDiffusionConfig:
+    """The config of a node's setting inputs. With the dynamic combo, `layout` is {"layout": option,
+    its inputs...}, beside the top-level settings of a prompt saved before it (and any other input of
+    the prompt, ignored); a prompt saved before `layout` existed has no combo at all."""
+    if not LAYOUT_IS_DYNAMIC:
+        return config_from_inputs(settings)
+    choice = settings.get("layout")
+    if isinstance(choice, dict):
+        return config_from_layout_choice(choice, {k: v for k, v in settings.items() if k != "layout"})
+    return config_from_layout_choice({}, settings)
 
 
 class CutDiffusion(io.ComfyNode):
@@ -72,13 +101,14 @@ class CutDiffusion(io.ComfyNode):
                         "not used by the chosen layout.",
             inputs=[io.Model.Input("model", tooltip="The model to patch (it is not modified; a patched copy is returned).")]
                    + patch_inputs() + [vae_input()],
+            **ACCEPTS_SAVED_TOP_LEVEL,
             outputs=[io.Model.Output(tooltip="The model with CutDiffusion: sample it at the target size with "
                                              "KSampler, KSamplerAdvanced or SamplerCustomAdvanced.")],
         )
 
     @classmethod
     def execute(cls, model, vae=None, **settings) -> io.NodeOutput:
-        config = config_from_inputs(settings)
+        config = config_of(settings)
         return io.NodeOutput(apply_cutdiffusion(model, config, vae=vae))
 
 
@@ -118,13 +148,14 @@ class CutDiffusionKSampler(io.ComfyNode):
                                        "fix). A denoise whose start noise is below stage_split skips stage 1 "
                                        "(refinement only, the node says so); see min_stage1_steps."),
             ] + patch_inputs() + [vae_input()],
+            **ACCEPTS_SAVED_TOP_LEVEL,
             outputs=[io.Latent.Output(tooltip="The denoised latent at the target size.")],
         )
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                 vae=None, **settings) -> io.NodeOutput:
-        config = config_from_inputs(settings)
+        config = config_of(settings)
         report = RunReport()
         patched = apply_cutdiffusion(model, config, report, vae=vae)
         latent = sample(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)

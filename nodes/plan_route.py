@@ -20,8 +20,8 @@ import comfy.model_sampling
 import comfy.samplers
 
 from ..cutdiff_core.config import (ORDER_SAVED_BEFORE_LAYOUT_FIRST, SETTINGS, CutDiffusionConfig, Setting,
-                                   inactive_settings, plan_run, plan_target_pass, run_kind, validate_config,
-                                   validate_stride, window_stride_latent)
+                                   inactive_settings, plan_run, plan_target_pass, run_kind, settings_of_layout,
+                                   validate_config, validate_stride, window_stride_latent)
 from ..cutdiff_core.layout import LAYOUTS, is_full_noise, native_first
 from ..cutdiff_core.plan import EVALUATIONS_PER_STEP, LATENT_SCALE, window_layout
 from ..cutdiff_demo.model import NATIVE_SIZE_PX as DEMO_NATIVE_PX
@@ -107,7 +107,8 @@ def preview_plan(params: dict) -> dict:
     denoise = _number(params, "denoise", float, 1.0, 0.0, 1.0)
     sampler_name = _choice(params, "sampler_name", comfy.samplers.KSampler.SAMPLERS, "euler")
     scheduler = _choice(params, "scheduler", comfy.samplers.KSampler.SCHEDULERS, "normal")
-    pixel_upscale = _choice(params, "upscale", ["latent", "pixel"], "latent") == "pixel"   # a VAE is connected
+    upscale = _choice(params, "upscale", ["latent", "pixel"], "latent")   # pixel: a VAE is connected
+    pixel_upscale = upscale == "pixel"
     config = CutDiffusionConfig(**{setting.name: _setting(params, setting) for setting in SETTINGS})
     known_native_px = NATIVE_PX_BY_MODEL_SOURCE.get(params.get("model_source"))
     native_px = config.patch_size or known_native_px or ASSUMED_NATIVE_PX
@@ -157,7 +158,7 @@ def preview_plan(params: dict) -> dict:
         "layout": None if first is None else {"w": first.width * px, "h": first.height * px, "steps": first.steps,
                                               "evaluations": first.layout_evaluations,
                                               "direct": first.is_whole_run,
-                                              "upscale": "pixel" if pixel_upscale else "latent",
+                                              "upscale": upscale,
                                               "summary": first.summary(px, pixel_upscale)},
         "steps": plan.steps, "stage1_steps": plan.stage1_steps, "stage2_steps": plan.stage2_steps,
         "guided": plan.guided, "guidance": plan.guidance,
@@ -185,9 +186,13 @@ def _drawn_windows(layout) -> list:
 
 def saved_workflow_settings() -> dict:
     """What the web extension needs to load a workflow saved by an earlier pack version as it ran:
-    the value of each input such a save predates, and the settings' earlier order."""
+    the value of each input such a save predates, the settings' orders (today's flat one and the
+    earlier one), their defaults, and the settings each layout shows under a dynamic combo."""
     return {"when_absent": {s.name: s.when_absent for s in SETTINGS if s.when_absent is not None},
             "order_saved_before_layout_first": list(ORDER_SAVED_BEFORE_LAYOUT_FIRST),
+            "order": [s.name for s in SETTINGS],
+            "defaults": {s.name: s.default for s in SETTINGS},
+            "shown_by_layout": {layout: [s.name for s in settings_of_layout(layout)] for layout in LAYOUTS},
             "layouts": list(LAYOUTS)}
 
 

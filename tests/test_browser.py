@@ -43,6 +43,22 @@ VUE_TIMEOUT_S = 15
 # inputs take it; the CutDiffusion KSampler then shows these widgets by default.
 SAMPLER_BASIC_WIDGETS = ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise", "layout", "target_pass",
                          "layout_denoise"]
+# Where ComfyUI has V3's DynamicCombo (0.33.0), `layout` is one: the frontend shows only the chosen
+# layout's settings, as widgets named "layout.<setting>". Tests name settings without the prefix.
+STRIP_JS = "(name => name.replace(/^layout\\./, ''))"
+
+
+def _layout_is_dynamic() -> bool:
+    rt.init_nodes()
+    from comfy_api.latest import io
+    return hasattr(io, "DynamicCombo")
+
+
+def _shown_settings(layout: str) -> set[str]:
+    """The settings a node shows with `layout` chosen: all of them without a dynamic combo."""
+    from comfyui_cutdiffusion.cutdiff_core.config import SETTINGS, settings_of_layout
+    chosen = settings_of_layout(layout) if _layout_is_dynamic() else SETTINGS
+    return {"layout"} | {s.name for s in chosen}
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +170,8 @@ def _set_widget(driver, node_js: str, name: str, value) -> None:
     """Change a widget as the UI does: its value, then its callback."""
     driver.execute_script(f"""
         const node = {node_js};
-        const widget = node.widgets.find(w => w.name === arguments[0]);
+        const widget = node.widgets.find(w => w.name === arguments[0])
+                       ?? node.widgets.find(w => w.name === 'layout.' + arguments[0]);
         widget.value = arguments[1];
         widget.callback?.(widget.value, app.canvas, node);
         app.graph.setDirtyCanvas(true, true);""", name, value)
@@ -176,8 +193,12 @@ def test_plan_preview_shows_the_numbers_for_two_settings(page, capsys):
     assert shown["evals"].startswith("150 model evaluations per image (300 with CFG)")
     assert shown["captions"] == ["no patches", "target pass: 25 steps, whole frame"]
     assert (shown["stage1_rects"], shown["stage2_rects"]) == (0, 1)
-    greyed = page.execute_script(f"return {SAMPLER_JS}.widgets.filter(w => w.disabled).map(w => w.name)")
+    greyed = page.execute_script(f"return {SAMPLER_JS}.widgets.filter(w => w.disabled).map(w => {STRIP_JS}(w.name))")
     assert "stage_split" in greyed and "layout_denoise" not in greyed and "target_pass" not in greyed
+    # The preview names the unused inputs on the node (with a dynamic combo the paper's are not there).
+    unused = page.execute_script(f"return {SAMPLER_JS}.cutdiffusion.element.querySelector('.cutdiff-inactive')"
+                                 ".textContent")
+    assert "stage_split" in unused and ("window_stride" in unused) != _layout_is_dynamic(), unused
     layout_line = "layout first: 1024×1024 px, 50 steps, {}, then the last 25 at full size"
     assert page.execute_script(f"return {SAMPLER_JS}.cutdiffusion.element.querySelector('.cutdiff-layout')"
                                ".textContent") == layout_line.format("latent upscale")
@@ -236,9 +257,11 @@ def test_plan_preview_shows_the_numbers_for_two_settings(page, capsys):
             inputs: (workflow.inputs ?? []).map(i => i.name), prompt: Object.keys(p.output[node.id].inputs)}}));""")
     rt.init_nodes()   # the live definitions, in-process, to compare with
     widgets = uw.widget_specs("CutDiffusionKSampler")
-    assert len(saved["values"]) == sum(1 + w.extra_values for w in widgets)
+    sent = uw.as_sent("CutDiffusionKSampler", {w.name: uw.default_value(w) for w in widgets} | {"layout": "patches"})
+    shown = [w for w in widgets if w.name in sent or f"layout.{w.name}" in sent]   # the dynamic combo: patches' own
+    assert len(saved["values"]) == sum(1 + w.extra_values for w in shown)
     assert "cutdiffusion_plan" not in saved["inputs"] + saved["prompt"]
-    assert {w.name for w in widgets} <= set(saved["prompt"])
+    assert set(sent) <= set(saved["prompt"])
     _report(capsys, f"screenshots in {SHOTS}")
 
 
@@ -262,11 +285,19 @@ def _set_vue_nodes(driver, enabled: bool) -> bool:
     return False
 
 
-def _advanced_by_server(class_type: str) -> set[str]:
-    """The inputs the running server marks advanced in /object_info (none on ComfyUI 0.3.75)."""
-    info = comfy_server.shared().get_json(f"/object_info/{class_type}")[class_type]["input"]
-    return {name for section in ("required", "optional") for name, spec in info.get(section, {}).items()
-            if len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("advanced")}
+def _advanced_by_server(class_type: str, layout: str | None = None) -> set[str]:
+    """The inputs the running server marks advanced in /object_info (none on ComfyUI 0.3.75), those a
+    dynamic combo shows with `layout` chosen included."""
+    def marked(inputs: dict, chosen: str | None) -> set[str]:
+        out = set()
+        for name, spec in (item for section in ("required", "optional") for item in inputs.get(section, {}).items()):
+            extra = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if spec[0] == "COMFY_DYNAMICCOMBO_V3":
+                out |= marked(next(o["inputs"] for o in extra["options"] if o["key"] == chosen), None)
+            elif extra.get("advanced"):
+                out.add(name)
+        return out
+    return marked(comfy_server.shared().get_json(f"/object_info/{class_type}")[class_type]["input"], layout)
 
 
 def _shown_widgets(driver, node_js: str) -> list[str]:
@@ -280,9 +311,10 @@ def _shown_widgets(driver, node_js: str) -> list[str]:
                 .find(e => e.children.length === 0 && e.textContent.trim())?.textContent.trim();
             const labels = Array.from(host.querySelectorAll('.lg-node-widget')).map(label);
             return node.widgets.filter(w => labels.includes(w.label ?? w.name) || labels.includes(w.name))
-                .map(w => w.name);
+                .map(w => {STRIP_JS}(w.name));
         }}
-        return node.widgets.filter(w => node.isWidgetVisible ? node.isWidgetVisible(w) : !w.hidden).map(w => w.name);""")
+        return node.widgets.filter(w => node.isWidgetVisible ? node.isWidgetVisible(w) : !w.hidden)
+            .map(w => {STRIP_JS}(w.name));""")
 
 
 @pytest.mark.parametrize("vue_nodes", [False, True], ids=["classic_canvas", "nodes_2_0"])
@@ -333,17 +365,19 @@ def test_plan_preview_in_both_renderers(page, vue_nodes, capsys):
         assert (shown["stage1_rects"], shown["stage2_rects"]) == (grid["rows"] * grid["cols"], windows["count"])
 
         # Advanced inputs: hidden by default where the frontend hides them, like its own nodes' ones.
-        advanced = _advanced_by_server("CutDiffusionKSampler")
+        advanced = _advanced_by_server("CutDiffusionKSampler", "patches")
         widgets = _shown_widgets(page, SAMPLER_JS)
+        expected_basic = set(SAMPLER_BASIC_WIDGETS) - (_shown_settings("native first") - _shown_settings("patches"))
         if not advanced:
-            assert set(SAMPLER_BASIC_WIDGETS) <= set(widgets), widgets
+            assert expected_basic <= set(widgets), widgets
             _report(capsys, f"frontend {version}, {'Nodes 2.0' if vue_nodes else 'classic canvas'}: plan shown; "
                             f"this ComfyUI marks no input advanced, all {len(widgets)} widgets shown")
             return
-        assert advanced == {w.name for w in uw.widget_specs("CutDiffusionKSampler")} - set(SAMPLER_BASIC_WIDGETS)
+        assert advanced == ({w.name for w in uw.widget_specs("CutDiffusionKSampler")} & _shown_settings("patches")
+                            - set(SAMPLER_BASIC_WIDGETS))
         reference_hidden = _frontend_hides_advanced(page)
         shown_advanced = advanced & set(widgets)
-        assert set(SAMPLER_BASIC_WIDGETS) <= set(widgets), widgets
+        assert expected_basic <= set(widgets), widgets
         assert shown_advanced == (set() if reference_hidden else advanced), widgets
         if reference_hidden and vue_nodes:
             # ...and the node's own "Show advanced inputs" brings them back.
@@ -464,14 +498,14 @@ def test_demo_workflow_runs_from_the_run_button(page, capsys):
 
 
 def test_workflows_saved_earlier_keep_what_they_ran(page):
-    """The frontend hook (web/js/cutdiffusion.js restoreEarlierOrder): a CutDiffusion KSampler saved with
+    """The frontend hook (web/js/cutdiffusion.js restoreSavedSettings): a CutDiffusion KSampler saved with
     the earlier settings order (`layout` and its inputs last) gets every value back by name, in the
     widgets and in the prompt sent to the server; one saved before `layout` existed runs the paper's
     `patches`, one saved before `target_pass` the tiles it ran; today's saves and new nodes are
-    untouched."""
+    untouched. Where `layout` is a dynamic combo (0.33.0) a save with every setting its own widget
+    (the shipped workflows, saves from 0.3.75) shows and sends the chosen layout's settings, as saved."""
     import json
 
-    rt.init_nodes()
     earlier = json.loads((rt.REPO_ROOT / "tests" / "data" / "demo_workflow_saved_before_layout_first.json").read_text())
     sampler = next(n for n in earlier["nodes"] if n["type"] == "CutDiffusionKSampler")
     earlier_order = ["seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise",
@@ -495,22 +529,31 @@ def test_workflows_saved_earlier_keep_what_they_ran(page):
             const node = {SAMPLER_JS};
             const fresh = LiteGraph.createNode('CutDiffusionKSampler');
             const read = n => Object.fromEntries(n.widgets.filter(w => w.name !== 'cutdiffusion_plan')
-                                                           .map(w => [w.name, w.value]));
+                                                           .map(w => [{STRIP_JS}(w.name), w.value]));
             app.graphToPrompt().then(p => done({{widgets: read(node), fresh: read(fresh),
-                                                prompt: p.output[String(node.id)].inputs}}));""")
+                prompt: Object.fromEntries(Object.entries(p.output[String(node.id)].inputs)
+                                                 .map(([k, v]) => [{STRIP_JS}(k), v]))}}));""")
+
+    def shown(layout: str, names) -> list[str]:
+        """`names` less the settings a node does not show with `layout` chosen."""
+        from comfyui_cutdiffusion.cutdiff_core.config import SETTINGS
+        settings = {s.name for s in SETTINGS}
+        return [n for n in names if n not in settings or n in _shown_settings(layout)]
 
     got = load_and_read(earlier, values)
-    for name, value in saved.items():
-        assert got["widgets"][name] == value, (name, got["widgets"])
-        if name != "control_after_generate":
-            assert got["prompt"][name] == value, (name, got["prompt"])
+    kept = shown(saved["layout"], earlier_order)
+    assert {n: got["widgets"].get(n) for n in kept} == {n: saved[n] for n in kept}, got["widgets"]
+    assert set(got["widgets"]) == set(kept), got["widgets"]   # the other layout's settings: not on the node
+    assert {n: got["prompt"].get(n) for n in kept if n != "control_after_generate"} == \
+        {n: saved[n] for n in kept if n != "control_after_generate"}, got["prompt"]
     assert (got["fresh"]["layout"], got["fresh"]["target_pass"]) == ("native first", "whole frame")
 
     # Saved before `layout` existed: the paper's layout, the rest as saved.
     before_layout = load_and_read(earlier, values[:earlier_order.index("layout")])["widgets"]
-    assert before_layout["layout"] == "patches" and before_layout["target_pass"] == "tiles"
-    assert [before_layout[n] for n in earlier_order[:earlier_order.index("layout")]] == \
-        values[:earlier_order.index("layout")]
+    assert before_layout["layout"] == "patches" and before_layout.get("target_pass", "tiles") == "tiles"
+    assert "target_pass" in before_layout or _layout_is_dynamic()
+    assert [before_layout[n] for n in shown("patches", earlier_order[:earlier_order.index("layout")])] == \
+        [saved[n] for n in shown("patches", earlier_order[:earlier_order.index("layout")])]
     # Saved with native first before `target_pass` existed (issue 23): the tiles it ran.
     native_first = list(values)
     native_first[earlier_order.index("layout")] = "native first"
@@ -518,9 +561,15 @@ def test_workflows_saved_earlier_keep_what_they_ran(page):
     assert (before_target["layout"], before_target["layout_denoise"], before_target["target_pass"]) == \
         ("native first", 0.4, "tiles")
 
-    # Today's order loads as saved.
+    # Today's flat order (the shipped workflows) loads as saved.
     today = json.loads((rt.REPO_ROOT / "workflows" / "cutdiffusion_demo_model.json").read_text())
     today_values = next(n for n in today["nodes"] if n["type"] == "CutDiffusionKSampler")["widgets_values"]
     names = ["seed", "control_after_generate", *[spec.name for spec in uw.widget_specs("CutDiffusionKSampler")][1:]]
-    assert [load_and_read(today, list(today_values))["widgets"][n] for n in names] == today_values
-
+    as_saved = dict(zip(names, today_values))
+    loaded = load_and_read(today, list(today_values))["widgets"]
+    kept = shown(as_saved["layout"], names)
+    assert {n: loaded[n] for n in kept} == {n: as_saved[n] for n in kept} and set(loaded) == set(kept), loaded
+    # ...and this frontend's own save of it (the dynamic combo's form, where it has one) loads as saved.
+    resaved = page.execute_script("return app.graph.serialize()")
+    again = next(n for n in resaved["nodes"] if n["type"] == "CutDiffusionKSampler")["widgets_values"]
+    assert load_and_read(resaved, list(again))["widgets"] == loaded

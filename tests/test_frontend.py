@@ -84,6 +84,38 @@ def test_saved_workflows_are_read_with_what_their_prompts_run():
                                      if name not in served["when_absent"]})
     assert {name: getattr(old_prompt, name) for name in served["when_absent"]} == served["when_absent"]
     assert served["when_absent"]["layout"] == "patches"   # what every workflow saved before native first ran
+    # Where `layout` is a dynamic combo the extension re-reads flat saves by name into each layout's inputs.
+    assert served["order"] == [s.name for s in SETTINGS]
+    assert served["defaults"] == {s.name: s.default for s in SETTINGS}
+    assert served["defaults"]["layout"] == "native first" != served["when_absent"]["layout"]
+    assert set(served["shown_by_layout"]) == set(served["layouts"])
+    assert set().union(*served["shown_by_layout"].values()) == set(served["order"]) - {"layout"}
+
+
+def test_a_dynamic_combos_inputs_and_a_flat_saves_settings_make_one_config():
+    """config_from_layout_choice, what the nodes read where `layout` is a dynamic combo: the chosen
+    layout's inputs, plus the top-level settings of a prompt saved before the combo (unchecked by
+    ComfyUI's schema there: converted as ComfyUI converts widgets, refused with the field named)."""
+    from comfyui_cutdiffusion.cutdiff_core.config import CutDiffusionConfig, config_from_layout_choice
+
+    shown = {"layout": "patches", "stage_split": 0.6, "window_stride": None}   # None: left out of the prompt
+    assert config_from_layout_choice(shown, {}) == CutDiffusionConfig(layout="patches", stage_split=0.6)
+    # A flat save: top-level values, as JSON gave them; the combo's own value wins where both are set.
+    flat = {"window_stride": 256, "stage_split": "0.7", "window_jitter": False, "patch_size": 512.0,
+            "model": ["4", 0], "seed": 3}   # other inputs of the prompt are not settings
+    assert config_from_layout_choice({"layout": "patches"}, flat) == CutDiffusionConfig(
+        layout="patches", window_stride=256, stage_split=0.7, window_jitter=False, patch_size=512)
+    assert config_from_layout_choice(shown, flat).stage_split == 0.6
+    # An input its layout shows but the save predates ran as it did then (target_pass: tiles); one its
+    # layout does not show takes its default (and is not reported as ignored).
+    assert config_from_layout_choice({"layout": "native first"}, {}).target_pass == "tiles"
+    assert config_from_layout_choice({"layout": "patches"}, {}).target_pass == CutDiffusionConfig().target_pass
+    assert config_from_layout_choice({}, {"stage_split": 0.6}) == CutDiffusionConfig(layout="patches",
+                                                                                       stage_split=0.6)
+    for name, bad, expected in [("stage_split", "high", "a number"), ("window_jitter", "yes", "true or false"),
+                                ("stage2_mode", 3, "one of"), ("patch_size", True, "a number")]:
+        with pytest.raises(ValueError, match=rf"CutDiffusion: {name} = .* must be {expected}"):
+            config_from_layout_choice({"layout": "patches"}, {name: bad})
 
 
 def test_preview_equals_the_plan_a_run_reports():
@@ -133,7 +165,7 @@ def test_every_node_has_a_help_page_covering_its_inputs():
         text = page.read_text()
         assert text.startswith("# "), node_id
         documented = set(re.findall(r"`([a-z_0-9]+)`", text))
-        inputs = {name for section in ("required", "optional") for name in cls.INPUT_TYPES().get(section, {})}
+        inputs = {name for name, _, _ in uw.flat_inputs(node_id)}   # a dynamic combo's own inputs too
         assert inputs - documented == set(), f"{node_id}: inputs missing from {page.name}"
 
 

@@ -65,24 +65,61 @@ INPUT_ORDER = {
                              "latent_image", "denoise", *PATCH_INPUTS, "vae"],
     "AdaptiveDiffusion": ["model", "threshold", "max_skip_steps", "warmup_steps", "start_percent", "end_percent"],
 }
+def _setting_inputs(node: str) -> list[tuple[str | None, object]]:
+    """(layout option shown under, input) of a node's settings: None for a top-level input, an
+    option of `layout` where it is a dynamic combo."""
+    import nodes
+    from comfy_api.latest import io
+    out = []
+    for given in nodes.NODE_CLASS_MAPPINGS[node].GET_SCHEMA().inputs:
+        if hasattr(io, "DynamicCombo") and isinstance(given, io.DynamicCombo.Input):
+            out.append((None, given))
+            out += [(option.key, nested) for option in given.options for nested in option.inputs]
+        elif given.id in PATCH_INPUTS:
+            out.append((None, given))
+    return out
+
+
 def test_patch_inputs_are_the_configs_settings():
     # One definition: each input's default, range, options and tooltip are the config's.
     import dataclasses
 
-    import nodes
-    from cutdiff_core.config import SETTINGS, CutDiffusionConfig, acts_on_note
+    from comfy_api.latest import io
+    from cutdiff_core.config import SETTINGS, CutDiffusionConfig, acts_on_note, settings_of_layout
+    from cutdiff_core.layout import LAYOUTS
     assert [s.name for s in SETTINGS] == PATCH_INPUTS == [f.name for f in dataclasses.fields(CutDiffusionConfig)]
     defaults = CutDiffusionConfig()
+    by_name = {s.name: s for s in SETTINGS}
     for node in ("CutDiffusion", "CutDiffusionKSampler"):
-        inputs = {i.id: i for i in nodes.NODE_CLASS_MAPPINGS[node].GET_SCHEMA().inputs}
-        for setting in SETTINGS:
-            given = inputs[setting.name]
+        inputs = _setting_inputs(node)
+        if hasattr(io, "DynamicCombo"):   # 0.33.0: each layout shows the settings that act on it
+            (_, layout), nested = inputs[0], inputs[1:]
+            assert isinstance(layout, io.DynamicCombo.Input) and layout.id == "layout" and layout.optional
+            assert [option.key for option in layout.options] == list(LAYOUTS)
+            for option in LAYOUTS:
+                assert [i.id for key, i in nested if key == option] == [s.name for s in settings_of_layout(option)]
+        else:
+            assert [i.id for _, i in inputs] == PATCH_INPUTS
+            nested = inputs[1:]
+            assert inputs[0][1].default == defaults.layout
+        for _, given in nested:
+            setting = by_name[given.id]
             assert given.default == getattr(defaults, setting.name)
             assert given.tooltip == setting.tooltip + acts_on_note(setting)   # which layouts it acts on
             if setting.bounds is not None:
                 assert (given.min, given.max) == setting.bounds
             if setting.options is not None:
                 assert list(given.options) == list(setting.options)
+
+
+def test_each_layout_shows_the_settings_that_act_on_it():
+    from cutdiff_core.config import SETTINGS, settings_of_layout
+    native, paper = ([s.name for s in settings_of_layout(layout)] for layout in ("native first", "patches"))
+    assert native == ["target_pass", "layout_denoise", "layout_guidance", "patch_size", "stage_split",
+                      "window_batch_size", "pixel_interaction", "min_stage1_steps"]
+    assert paper == ["patch_size", "window_stride", "stage_split", "window_batch_size", "window_jitter",
+                     "pixel_interaction", "stage2_mode", "window_weights", "min_stage1_steps", "global_guidance"]
+    assert set(native) | set(paper) == {s.name for s in SETTINGS[1:]}
 
 
 # The expert inputs, hidden by the frontend until "Show advanced inputs" where ComfyUI can mark them.
@@ -104,10 +141,9 @@ def test_expert_inputs_are_advanced_where_comfyui_supports_it():
     assert status["loaded"], status["error"]
     supported = "advanced" in inspect.signature(io.Int.Input.__init__).parameters
     for name, order in INPUT_ORDER.items():
-        spec = nodes.NODE_CLASS_MAPPINGS[name].INPUT_TYPES()
-        inputs = {k: v for section in ("required", "optional") for k, v in spec.get(section, {}).items()}
+        inputs = {k: options for k, _, options in uw.flat_inputs(name)}   # a dynamic combo's inputs merged
         assert list(inputs) == order, name
-        flagged = {k for k, v in inputs.items() if len(v) > 1 and (v[1] or {}).get("advanced")}
+        flagged = {k for k, options in inputs.items() if options.get("advanced")}
         assert flagged == (ADVANCED[name] if supported else set()), name
     # The sampler keeps KSampler's widgets and the default's own inputs in view: seed (+ its control),
     # steps, cfg, sampler, scheduler, denoise, then layout, target_pass, layout_denoise.
@@ -161,6 +197,44 @@ def test_patch_node_works_with_builtin_samplers(sampler_kind):
     # Same seed, sampler and schedule: the patch under any sampler node is CutDiffusion KSampler.
     (reference,) = rt.saved_latents(rt.run_prompt(_prompt(_cut_ksampler(steps=4))), "save")
     assert torch.equal(latent, reference)
+
+
+def _as_sent_by_a_dynamic_combo_frontend(inputs: dict) -> dict:
+    """A node's inputs as frontends with a dynamic combo send them: the chosen layout's settings named
+    "layout.<setting>", the others left out."""
+    from cutdiff_core.config import SETTINGS, settings_of_layout
+    shown = settings_of_layout(inputs["layout"])
+    out = {k: v for k, v in inputs.items() if k not in {s.name for s in SETTINGS[1:]}}
+    return out | {f"layout.{s.name}": inputs.get(s.name, s.default) for s in shown}
+
+
+def test_layout_shows_its_own_inputs_and_prompts_saved_flat_keep_what_they_ran():
+    """Where ComfyUI has V3's DynamicCombo (0.33.0), a prompt names the chosen layout's settings
+    "layout.<setting>"; a prompt saved with every setting at the top level (as on 0.3.75, or before
+    the combo) runs the same, settings its layout does not show included."""
+    from comfy_api.latest import io
+    if not hasattr(io, "DynamicCombo"):
+        pytest.skip("this ComfyUI has no DynamicCombo: every setting is a top-level input (the flat prompts of the "
+                    "other tests)")
+    changed = dict(window_stride=128, stage_split=0.6, window_weights="feathered")
+    flat = _cut_ksampler(**changed)
+    nested = dict(flat, inputs=_as_sent_by_a_dynamic_combo_frontend(flat["inputs"]))
+    assert "layout.window_stride" in nested["inputs"] and "window_stride" not in nested["inputs"]
+    (from_flat,) = rt.saved_latents(rt.run_prompt(_prompt(flat)), "save")
+    (from_nested,) = rt.saved_latents(rt.run_prompt(_prompt(nested)), "save")
+    (defaults,) = rt.saved_latents(rt.run_prompt(_prompt(_cut_ksampler())), "save")
+    assert torch.equal(from_flat, from_nested) and not torch.equal(from_flat, defaults)
+
+    # Native first shows no window_stride: a flat prompt's value still reaches the run (it acts on the
+    # paper's layout that native first runs for image-to-image).
+    img2img = dict(layout="native first", **changed)
+    flat = _cut_ksampler(**img2img)
+    flat["inputs"]["denoise"] = 0.8
+    (with_stride,) = rt.saved_latents(rt.run_prompt(_prompt(flat)), "save")
+    nested = dict(flat, inputs=_as_sent_by_a_dynamic_combo_frontend(flat["inputs"]))
+    assert "layout.window_stride" not in nested["inputs"] and nested["inputs"]["layout.stage_split"] == 0.6
+    (shown_only,) = rt.saved_latents(rt.run_prompt(_prompt(nested)), "save")
+    assert not torch.equal(with_stride, shown_only)
 
 
 def test_both_nodes_upscale_the_layout_through_their_vae_input():

@@ -26,7 +26,14 @@ def test_nodes_are_registered_from_custom_nodes(server):
     assert sampler["display_name"] == "CutDiffusion KSampler"
     # The settings are optional inputs (so `layout` can come first after KSampler's required ones).
     assert "denoise" in sampler["input"]["required"]
-    assert list(sampler["input"]["optional"])[:2] == ["layout", "target_pass"]
+    layout, *rest = sampler["input"]["optional"].items()
+    assert layout[0] == "layout" and rest[0][0] in ("target_pass", "vae")
+    if layout[1][0] == "COMFY_DYNAMICCOMBO_V3":   # 0.33.0: under each layout its own settings
+        options = {o["key"]: list(o["inputs"]["optional"]) for o in layout[1][1]["options"]}
+        assert list(options) == ["native first", "patches"] and options["native first"][0] == "target_pass"
+        assert "window_stride" in options["patches"] and "window_stride" not in options["native first"]
+    else:
+        assert rest[0][0] == "target_pass"
 
 
 def test_workflows_are_in_the_template_browser(server):

@@ -30,11 +30,16 @@ const POLL_MS = 400;
 const PLAN_WIDGETS = ["steps", "cfg", "sampler_name", "scheduler", "denoise", "patch_size", "window_stride",
   "stage_split", "window_jitter", "stage2_mode", "min_stage1_steps", "global_guidance", "layout", "layout_denoise",
   "layout_guidance", "target_pass"];
-// What loading a workflow saved by an earlier pack version needs (config.SETTINGS' when_absent, the
-// settings' earlier order), from the server: {when_absent, order_saved_before_layout_first, layouts}.
+// What loading a workflow saved by an earlier pack version needs, from the server (nodes/plan_route.py
+// saved_workflow_settings): {when_absent, order_saved_before_layout_first, layouts, order, defaults,
+// shown_by_layout}.
 const SETTINGS_ROUTE = "/cutdiffusion/settings";
 let savedSettings = null;
 const LAYOUT_NODES = [SAMPLER_NODE, "CutDiffusion"];
+// Where ComfyUI has V3's DynamicCombo (0.33.0), `layout` is one: the frontend shows under each layout
+// only its own settings, as widgets named "layout.<setting>", and prompts name them so.
+const DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3";
+const NESTED = "layout.";
 // How far upstream of latent_image to look for a node with width/height widgets
 // (EmptyLatentImage: 1 hop; VAEEncode <- ImageScale: 2 hops).
 const MAX_HOPS = 4;
@@ -50,26 +55,55 @@ async function loadSavedSettings() {
   return null;
 }
 
-// A node saved with the earlier settings order got its widget values by position; give each widget
-// its own saved value by name, and inputs the save predates what that workflow ran. The two orders
-// are told apart by the value where `layout` now is: a layout option in today's order, patch_size
-// (a number) in the earlier one.
-function restoreEarlierOrder(node, values, settings) {
-  if (!settings) return;
+function settingName(widgetName) {
+  return widgetName.startsWith(NESTED) ? widgetName.slice(NESTED.length) : widgetName;
+}
+
+// A widget by its input's name, at the top level or shown under `layout` (looked up afresh: the
+// frontend rebuilds a dynamic combo's widgets whenever its value is set).
+function settingWidget(node, name) {
+  return node.widgets?.find((w) => w.name === name) ?? node.widgets?.find((w) => w.name === NESTED + name);
+}
+
+// Widget values are saved by position. A node saved with every setting its own input (before the
+// dynamic combo; or with the earlier order, `layout` and its inputs last) got its values by position:
+// give each widget its own saved value by name, and inputs the save predates what that workflow ran.
+// The saved forms are told apart by the value where `layout` now is (a layout option, or patch_size in
+// the earlier order) and, with the dynamic combo, by how many values follow it.
+function restoreSavedSettings(node, values, settings, dynamic) {
+  if (!settings || !Array.isArray(values)) return;
   const names = node.widgets?.map((w) => w.name) ?? [];
   const layoutAt = names.indexOf("layout");
-  if (layoutAt < 0 || !Array.isArray(values) || settings.layouts.includes(values[layoutAt])) return;
-  // The widgets before `layout` (a sampler's seed ... denoise) come first in both orders.
-  const savedNames = [...names.slice(0, layoutAt), ...settings.order_saved_before_layout_first];
+  if (layoutAt < 0) return;
+  const savedLayout = values[layoutAt];
+  const layoutFirst = settings.layouts.includes(savedLayout);
+  if (layoutFirst && (!dynamic || values.length - layoutAt - 1 === settings.shown_by_layout[savedLayout].length)) {
+    return;   // saved in this frontend's own form: loaded right by position
+  }
+  // The widgets before `layout` (a sampler's seed ... denoise) come first in every form.
+  const order = layoutFirst ? settings.order : settings.order_saved_before_layout_first;
+  const savedNames = [...names.slice(0, layoutAt), ...order];
   const saved = new Map(savedNames.slice(0, values.length).map((name, i) => [name, values[i]]));
-  for (const widget of node.widgets.slice(layoutAt)) {
-    if (saved.has(widget.name)) widget.value = saved.get(widget.name);
-    else if (widget.name in settings.when_absent) widget.value = settings.when_absent[widget.name];
+  const valueOf = (name) => saved.has(name) ? saved.get(name)
+    : name in settings.when_absent ? settings.when_absent[name] : settings.defaults[name];
+  // Setting the layout first: with the dynamic combo that makes its widgets (they follow it).
+  node.widgets[layoutAt].value = valueOf("layout");
+  for (const widget of node.widgets.slice(layoutAt + 1)) {
+    const name = settingName(widget.name);
+    if (name in settings.defaults) widget.value = valueOf(name);
+  }
+  if (dynamic) {
+    const dropped = order.filter((name) => saved.has(name) && !settingWidget(node, name) &&
+                                           saved.get(name) !== settings.defaults[name]);
+    if (dropped.length) {
+      console.info(`CutDiffusion: node ${node.id} was saved with ${dropped.map((n) => `${n} = ${saved.get(n)}`).join(", ")}, ` +
+                   `which layout "${valueOf("layout")}" does not use; they are not kept`);
+    }
   }
 }
 
 function widgetValue(node, name) {
-  return node.widgets?.find((w) => w.name === name)?.value;
+  return settingWidget(node, name)?.value;
 }
 
 // The target size in px from the first upstream node with width and height
@@ -126,11 +160,13 @@ function planQuery(node, size) {
 function markInactive(node, plan) {
   if (!plan?.settings) return;
   for (const w of node.widgets ?? []) {
-    if (plan.settings.includes(w.name)) w.disabled = plan.inactive.includes(w.name);
+    const name = settingName(w.name);
+    if (plan.settings.includes(name)) w.disabled = plan.inactive.includes(name);
   }
 }
 
 function render(node) {
+  node.cutdiffusion.onNode = (node.widgets ?? []).map((w) => settingName(w.name));
   markInactive(node, node.cutdiffusion.plan);
   renderPlan(node.cutdiffusion.element, node.cutdiffusion);
   node.setDirtyCanvas?.(true, false);
@@ -198,7 +234,7 @@ function addPlanWidget(node) {
     lastRun: null, adaptive: null, fitChecks: 0 };
 
   for (const w of node.widgets ?? []) {
-    if (!PLAN_WIDGETS.includes(w.name)) continue;
+    if (!PLAN_WIDGETS.includes(settingName(w.name))) continue;   // the poll covers widgets a combo makes later
     const callback = w.callback;
     w.callback = function (...args) {
       const result = callback?.apply(this, args);
@@ -347,10 +383,12 @@ app.registerExtension({
     if (LAYOUT_NODES.includes(nodeData.name)) {
       // Awaited here: node definitions are registered before any workflow is loaded.
       savedSettings ??= await loadSavedSettings();
+      const layoutSpec = nodeData.input?.optional?.layout ?? nodeData.input?.required?.layout;
+      const dynamic = layoutSpec?.[0] === DYNAMIC_COMBO;
       const onConfigure = nodeType.prototype.onConfigure;
       nodeType.prototype.onConfigure = function (info, ...args) {
         const result = onConfigure?.apply(this, [info, ...args]);
-        restoreEarlierOrder(this, info?.widgets_values, savedSettings);
+        restoreSavedSettings(this, info?.widgets_values, savedSettings, dynamic);
         return result;
       };
     }

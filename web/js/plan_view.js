@@ -133,8 +133,10 @@ export function renderPlan(root, state) {
       ` · MultiDiffusion: ${plan.multidiffusion_evaluations}`,
       "stage-1 steps × patches + stage-2 steps × windows, in native-size model calls. " +
       "MultiDiffusion would run every step on all windows."));
-    if (plan.inactive?.length) {
-      root.appendChild(line("cutdiff-inactive", `not used by this layout: ${plan.inactive.join(", ")}`,
+    // Only inputs on the node: with a dynamic combo the other layout's are not there to grey.
+    const inactive = (plan.inactive ?? []).filter((name) => !state.onNode || state.onNode.includes(name));
+    if (inactive.length) {
+      root.appendChild(line("cutdiff-inactive", `not used by this layout: ${inactive.join(", ")}`,
         "These inputs change nothing in this run (greyed on the node); the run's report lists any you changed."));
     }
     root.appendChild(line("cutdiff-assumptions", `approx.: ${plan.assumptions.join("; ")}`,
