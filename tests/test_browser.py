@@ -573,3 +573,28 @@ def test_workflows_saved_earlier_keep_what_they_ran(page):
     resaved = page.execute_script("return app.graph.serialize()")
     again = next(n for n in resaved["nodes"] if n["type"] == "CutDiffusionKSampler")["widgets_values"]
     assert load_and_read(resaved, list(again))["widgets"] == loaded
+
+
+def test_the_patch_node_loads_flat_saves_by_name(page):
+    """CutDiffusion (MODEL -> MODEL) has no widget before `layout`: a save with every setting its own
+    widget (0.3.75's form) loads by name there too, each setting its layout shows with its saved value."""
+    from comfyui_cutdiffusion.cutdiff_core.config import SETTINGS
+
+    saved = {"layout": "native first", "target_pass": "tiles", "layout_denoise": 0.35, "layout_guidance": 0.8,
+             "patch_size": 512, "window_stride": 128, "stage_split": 0.55, "window_batch_size": 2,
+             "window_jitter": False, "pixel_interaction": False, "stage2_mode": "shifted",
+             "window_weights": "feathered", "min_stage1_steps": 1, "global_guidance": 0.2}
+    assert list(saved) == [s.name for s in SETTINGS]
+    for layout in ("native first", "patches"):
+        node = {"id": 1, "type": "CutDiffusion", "pos": [0, 0], "size": [320, 420], "flags": {}, "order": 0,
+                "mode": 0, "properties": {}, "widgets_values": list({**saved, "layout": layout}.values())}
+        workflow = {"last_node_id": 1, "last_link_id": 0, "nodes": [node], "links": [], "groups": [],
+                    "config": {}, "extra": {}, "version": 0.4}
+        widgets = page.execute_async_script(f"""
+            const [wf, done] = arguments;
+            app.loadGraphData(wf, true, true, 'patch-node-check').then(() => {{
+                const node = app.graph.nodes.find(n => n.comfyClass === 'CutDiffusion');
+                done(Object.fromEntries(node.widgets.map(w => [{STRIP_JS}(w.name), w.value])));
+            }}, e => done(String(e)));""", workflow)
+        expected = {name: value for name, value in {**saved, "layout": layout}.items() if name in _shown_settings(layout)}
+        assert widgets == expected, (layout, widgets)
