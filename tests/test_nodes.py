@@ -134,7 +134,6 @@ def test_expert_inputs_are_advanced_where_comfyui_supports_it():
     """advanced=True on the expert inputs where this ComfyUI's V3 inputs take the parameter
     (0.33.0), none on 0.3.75, whose io.Input has no such parameter; names and order unchanged."""
     import inspect
-    import nodes
     from comfy_api.latest import io
 
     status = rt.init_nodes()
